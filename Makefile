@@ -1,0 +1,45 @@
+# Two commands set up and run everything: `make demo` and `make test`.
+# Both create and reuse .venv and install the project into it.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH  := torch==2.13.0
+
+# Real traces live beside the project; an explicit HARMONY_DATA_DIR wins.
+ifeq ($(origin HARMONY_DATA_DIR), undefined)
+  ifneq ($(wildcard ../shared/datasets),)
+    export HARMONY_DATA_DIR := $(abspath ../shared/datasets)
+  endif
+endif
+
+.PHONY: demo test lint bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/harmony datasets list
+	$(BIN)/harmony datasets show fisher_containers --series container1 --plot reports/fisher_container1.png
+	$(BIN)/harmony datasets show alibaba_gentd26 --plot reports/alibaba_gentd26.png
+	@echo "Plots written to reports/"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check harmony tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.data_load
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache
