@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from harmony.data.errors import CardError, DataError
-from harmony.data.spec import DatasetCard, load_card
+from harmony.data.spec import DatasetCard, load_card, parse_frequency
 from harmony.data.trace import Trace
 
 DATA_DIR_ENV = "HARMONY_DATA_DIR"
@@ -94,7 +95,11 @@ def load(
             "to the folder that holds the traces",
             path=folder,
         )
-    trace = loader(card, folder, series)
-    if frequency is not None:
-        trace = trace.resample(pd.Timedelta(frequency) if isinstance(frequency, str) else frequency)
-    return trace
+    if frequency is None:
+        return loader(card, folder, series)
+    freq = parse_frequency(frequency, where="--freq") if isinstance(frequency, str) else frequency
+    native = {int(k) for k in (card.options.get("files_by_step") or {})}
+    if card.options.get("rebin") or int(freq.total_seconds()) in native:
+        # Event traces are binned, and multi-resolution traces read, at the asked step directly.
+        return loader(replace(card, frequency=freq), folder, series)
+    return loader(card, folder, series).resample(freq)

@@ -5,7 +5,9 @@ The rule (also in docs/data.md), applied in this order:
 2. each timestamp is snapped to the nearest point of a grid of step `freq` aligned to the Unix epoch;
 3. rows on the same grid point are merged: gauges by their mean, counters keep the last value;
 4. counters become per-second rates: (v_k - v_{k-1}) / (t_k - t_{k-1}); when a counter decreases it was
-   reset, and (as Prometheus' rate() does) the new value itself is the increase since the reset;
+   reset (or re-based), and the rate of that one step is unknown: it is left missing for step 5 to fill.
+   (Prometheus' rate() instead counts the new value as the increase, which is right after a restart from 0
+   but turns a counter re-based to a large value, as in real exported traces, into a huge false spike);
 5. the series is laid on the full grid from its first to its last point; runs of at most `max_fill_steps`
    missing points are filled by linear interpolation, longer runs stay NaN;
 6. points further than `outlier_mads` scaled MADs from the median are counted, and clipped if asked;
@@ -180,8 +182,7 @@ def regularize(
             dt = np.diff(slots[ok]).astype(np.float64) * (step / _NS)
             reset = dv < 0
             resets = int(reset.sum())
-            inc = np.where(reset, v[1:], dv)
-            rate[ok[1:]] = inc / dt
+            rate[ok[1:]] = np.where(reset, np.nan, dv / dt)
         vals[:, j] = rate
         report.counter_resets += resets
         report.per_indicator.setdefault(spec.name, {})["counter_resets"] = resets
@@ -225,7 +226,7 @@ def regularize(
             grid[:, j] *= spec.scale
 
     index = pd.DatetimeIndex(
-        pd.to_datetime((slots[0] + np.arange(n_points)) * step, unit="ns", utc=True), freq=freq
+        pd.to_datetime((slots[0] + np.arange(n_points)) * step, unit="ns", utc=True), freq=freq  # type: ignore[arg-type]
     )
     report.points_out = n_points
     return pd.DataFrame(grid, index=index, columns=names), report
@@ -253,5 +254,8 @@ def bin_events(
         name: np.bincount(slot - lo, weights=np.asarray(w, dtype=np.float64), minlength=n) / seconds
         for name, w in weights.items()
     }
-    index = pd.DatetimeIndex(pd.to_datetime((lo + np.arange(n)) * step, unit="ns", utc=True), freq=freq)
+    index = pd.DatetimeIndex(
+        pd.to_datetime((lo + np.arange(n)) * step, unit="ns", utc=True),
+        freq=freq,  # type: ignore[arg-type]
+    )
     return index, out

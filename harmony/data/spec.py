@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from harmony.data.errors import CardError
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """What an indicator is to the autoscaler."""
 
     DEMAND = "demand"  # drives the replica count; has a per-replica capacity
@@ -24,14 +24,14 @@ class Kind(str, Enum):
     CONTEXT = "context"  # explains the others (limits, provisioned sizes)
 
 
-class Measure(str, Enum):
+class Measure(StrEnum):
     """How the raw values were recorded."""
 
     GAUGE = "gauge"  # a level at the sample time
     COUNTER = "counter"  # a cumulative total: turned into a per-second rate at load time
 
 
-class OutlierAction(str, Enum):
+class OutlierAction(StrEnum):
     REPORT = "report"  # count them; keep the values (spikes are real demand)
     CLIP = "clip"  # clip to the robust bound
 
@@ -69,7 +69,7 @@ class IndicatorSpec:
                 )
         elif self.capacity_per_replica is not None:
             raise CardError(
-                f"indicator {self.name!r} is {self.kind.value}, not demand: it cannot have capacity_per_replica"
+                f"indicator {self.name!r} is {self.kind.value}, not demand: no capacity_per_replica allowed"
             )
 
     @property
@@ -168,11 +168,31 @@ class DatasetCard:
 # --- parsing ---------------------------------------------------------------------------------------------
 
 _CARD_FIELDS = {
-    "name", "title", "directory", "loader", "frequency", "indicators", "license", "citation", "source",
-    "description", "capacity_reasoning", "files", "cleaning", "options",
+    "name",
+    "title",
+    "directory",
+    "loader",
+    "frequency",
+    "indicators",
+    "license",
+    "citation",
+    "source",
+    "description",
+    "capacity_reasoning",
+    "files",
+    "cleaning",
+    "options",
 }
 _INDICATOR_FIELDS = {
-    "name", "unit", "level", "kind", "measure", "column", "scale", "capacity_per_replica", "description",
+    "name",
+    "unit",
+    "level",
+    "kind",
+    "measure",
+    "column",
+    "scale",
+    "capacity_per_replica",
+    "description",
 }
 
 
@@ -198,7 +218,7 @@ def _enum(cls: type[Enum], value: Any, where: str, path: Path | None) -> Any:
     try:
         return cls(value)
     except ValueError:
-        allowed = ", ".join(repr(m.value) for m in cls)  # type: ignore[attr-defined]
+        allowed = ", ".join(repr(m.value) for m in cls)
         raise CardError(f"{where}: expected one of {allowed}, got {value!r}", path=path) from None
 
 

@@ -21,7 +21,7 @@ from harmony.data.errors import DataError
 from harmony.data.spec import IndicatorSpec
 
 _DELIMITERS = [",", ";", "\t", "|"]
-_TZ_SUFFIX = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+_TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 _MAX_LISTED = 5
 
 
@@ -37,7 +37,7 @@ class TableSeries:
 def _first_line(path: Path) -> str:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:  # type: ignore[operator]
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
             return str(fh.readline())
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read the file: {exc}", path=path) from None
@@ -108,7 +108,9 @@ def _read_frame(path: Path, delimiter: str | None) -> tuple[pd.DataFrame, int]:
     return frame, 2
 
 
-def _parse_timestamps(raw: pd.Series, path: Path, first_row: int, timezone: str, problems: list[str]) -> np.ndarray:
+def _parse_timestamps(
+    raw: pd.Series, path: Path, first_row: int, timezone: str, problems: list[str]
+) -> np.ndarray:
     rows = np.arange(len(raw)) + first_row
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):
         ts = pd.DatetimeIndex(raw)
@@ -185,9 +187,9 @@ def read_table(
     needed = [timestamp_column] + [s.source_column for s in indicators]
     if series_column:
         needed.append(series_column)
-    for col in needed:
-        if col not in cols:
-            problems.append(f"column {col!r} not found{_suggest(col, cols)}")
+    for name in needed:
+        if name not in cols:
+            problems.append(f"column {name!r} not found{_suggest(name, cols)}")
     if problems:
         raise DataError(
             f"{len(problems)} missing column(s); the file has columns {cols}", path=p, problems=problems
@@ -199,12 +201,15 @@ def read_table(
     values = np.empty((len(frame), len(indicators)), dtype=np.float64)
     for j, spec in enumerate(indicators):
         raw = frame[spec.source_column]
+        col: np.ndarray
         if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
             col = raw.to_numpy(dtype=np.float64)
         else:
             text = raw.astype("string").str.strip()
             col = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-            bad = np.isnan(col) & ~np.asarray(text.isna() | (text == "") | text.str.lower().isin(["nan", "na"]))
+            bad = np.isnan(col) & ~np.asarray(
+                text.isna() | (text == "") | text.str.lower().isin(["nan", "na"])
+            )
             if bad.any():
                 problems.append(
                     f"column {spec.source_column!r}: not a number at row(s) "
@@ -264,4 +269,4 @@ def open_text(path: Path) -> io.TextIOBase:
     """Text handle for plain or gzip-compressed files."""
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115
+    return open(path, encoding="utf-8")

@@ -74,11 +74,11 @@ class Trace:
 
     @property
     def start(self) -> pd.Timestamp:
-        return min(f.index[0] for f in self.series.values() if len(f))
+        return pd.Timestamp(min(f.index[0] for f in self.series.values() if len(f)))
 
     @property
     def end(self) -> pd.Timestamp:
-        return max(f.index[-1] for f in self.series.values() if len(f))
+        return pd.Timestamp(max(f.index[-1] for f in self.series.values() if len(f)))
 
     @property
     def total_points(self) -> int:
@@ -122,7 +122,7 @@ class Trace:
         for sid, f in self.series.items():
             # min_count keeps a bin with no data NaN instead of 0.
             r = f.resample(frequency, origin=origin).mean()
-            r.index.freq = frequency
+            r.index.freq = frequency  # type: ignore[attr-defined]
             out[sid] = r
         return Trace(self.name, frequency, self.indicators, out, self.reports, self.card, self.notes)
 
@@ -140,7 +140,9 @@ class Trace:
         frames: Mapping[str, pd.DataFrame] = {series: self[series]} if series else self.series
         rows = []
         for spec in self.indicators:
-            col = np.concatenate([f[spec.name].to_numpy() for f in frames.values()]) if frames else np.array([])
+            col = (
+                np.concatenate([f[spec.name].to_numpy() for f in frames.values()]) if frames else np.array([])
+            )
             finite = col[~np.isnan(col)]
             q = np.quantile(finite, [0.0, 0.5, 0.95, 1.0]) if finite.size else [np.nan] * 4
             rows.append(

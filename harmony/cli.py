@@ -1,0 +1,201 @@
+"""The `harmony` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from harmony import __version__
+from harmony.data.errors import DataError
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder holding the traces (default: $HARMONY_DATA_DIR, else ./data)",
+    )
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from harmony.data.catalog import data_dir, dataset_root, list_cards
+
+    root = data_dir(args.data_dir)
+    print(f"datasets (cards in datasets/, data under {root}):")
+    for card in list_cards():
+        here = "present" if dataset_root(card, root).is_dir() else "not fetched"
+        demand = ",".join(d.name for d in card.demand)
+        print(f"  {card.name:<26} {card.frequency.total_seconds()!s:>6}s  {here:<11}  demand={demand}")
+        print(f"  {'':<26} {card.title}")
+    return 0
+
+
+def _load_for_show(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from harmony.data.catalog import load
+    from harmony.data.spec import load_card
+
+    target = load_card(args.name) if args.name.endswith((".yaml", ".yml")) else args.name
+    series = [args.series] if args.series else None
+    return load(target, root=args.data_dir, series=series, frequency=args.freq)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from harmony.data.summary import cleaning_report, overview, render_table
+
+    trace = _load_for_show(args)
+    print(overview(trace, args.series))
+    print()
+    print(render_table(trace.stats(args.series)))
+    print()
+    print(cleaning_report(trace, args.series))
+    if args.plot:
+        from harmony.data.plot import plot_series
+
+        sid = args.series or trace.series_ids[0]
+        out = plot_series(trace, sid, args.plot)
+        print(f"\nplot of series {sid} written to {out}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from harmony.data.catalog import data_dir, get_card
+    from harmony.data.fetch import fetch_dataset
+
+    card = get_card(args.name)
+    root = data_dir(args.data_dir)
+    result = fetch_dataset(card, root, mirror=args.mirror, force=args.force, progress=not args.quiet)
+    print(
+        f"{card.name}: {len(result.downloaded)} downloaded, "
+        f"{len(result.skipped)} already present and verified, "
+        f"{result.bytes_downloaded:,} bytes, into {result.directory}"
+    )
+    if result.unverified:
+        print(f"  {len(result.unverified)} file(s) have no published checksum and were not verified")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from harmony.data.loaders.table import load_table
+    from harmony.data.spec import load_card, parse_frequency, parse_indicator_arg
+    from harmony.data.summary import cleaning_report, overview, render_table
+
+    if args.card:
+        card = load_card(args.card)
+        indicators = list(card.indicators)
+        opts = card.options
+        ts_col = args.timestamp_column or str(opts.get("timestamp_column", "timestamp"))
+        series_col = args.series_column or opts.get("series_column")
+        freq = parse_frequency(args.freq, where="--freq") if args.freq else card.frequency
+        cleaning = card.cleaning
+    else:
+        if not args.indicator:
+            raise DataError("declare the indicators with --indicator (repeatable) or give a --card")
+        indicators = [parse_indicator_arg(t) for t in args.indicator]
+        ts_col = args.timestamp_column or "timestamp"
+        series_col = args.series_column
+        freq = parse_frequency(args.freq, where="--freq") if args.freq else None  # type: ignore[assignment]
+        cleaning = None
+    trace = load_table(
+        args.path,
+        indicators=indicators,
+        timestamp_column=ts_col,
+        series_column=series_col,
+        frequency=freq,
+        delimiter=args.delimiter,
+        timezone=args.timezone,
+        cleaning=cleaning,
+    )
+    print(f"OK: {args.path} is usable.\n")
+    print(overview(trace))
+    print()
+    print(render_table(trace.stats()))
+    print()
+    print(cleaning_report(trace))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harmony",
+        description="Forecast the distribution of a service's indicators and scale it within its SLA "
+        "at the lowest cost.",
+    )
+    parser.add_argument("--version", action="version", version=f"harmony {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ds = sub.add_parser(
+        "datasets", help="list, inspect, fetch and check traces", description="Work with traces."
+    )
+    dsub = ds.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
+
+    p = dsub.add_parser("list", help="list the known datasets", description="List the dataset cards.")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_list)
+
+    p = dsub.add_parser(
+        "show",
+        help="summarise a dataset: span, frequency, indicators, statistics, cleaning report",
+        description="Load a dataset through its card and summarise it: span, frequency, series count, "
+        "indicators with units and levels, basic statistics and what cleaning changed.",
+    )
+    p.add_argument("name", help="dataset name (see `harmony datasets list`) or a path to a card .yaml")
+    p.add_argument("--series", metavar="ID", help="one series (container, VM, service) instead of all")
+    p.add_argument(
+        "--plot", metavar="OUT.png", help="write a plot of the series (the first if --series is not given)"
+    )
+    p.add_argument("--freq", metavar="STEP", help="resample or re-bin to this step, e.g. 1min, 300s")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_show)
+
+    p = dsub.add_parser(
+        "fetch",
+        help="download a dataset from its public source and verify its SHA-256",
+        description="Download a dataset's files into the data directory with a progress bar, verify each "
+        "SHA-256, resume broken transfers, and never leave a half-written file.",
+    )
+    p.add_argument("name", help="dataset name")
+    p.add_argument(
+        "--mirror", metavar="URL", help="fetch the staged files from a mirror of the data folder instead"
+    )
+    p.add_argument("--force", action="store_true", help="download again even when a verified copy is present")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_fetch)
+
+    p = dsub.add_parser(
+        "check",
+        help="validate your own CSV/Parquet metrics file and explain every problem",
+        description="Validate a table of your own metrics: a timestamp column, one column per indicator and "
+        "an optional series column. Indicators come from --indicator or a --card. Every problem is listed "
+        "with its row and column; a usable file gets the summary and cleaning report.",
+        epilog="--indicator form: NAME:UNIT:LEVEL:KIND[:counter|gauge][:capacity=C][:column=COL], e.g. "
+        "requests:req/s:1:demand:capacity=20  cpu:cores:2:resource:counter:column=cpu_seconds_total",
+    )
+    p.add_argument("path", help="CSV (.csv, .csv.gz, .tsv) or Parquet file")
+    p.add_argument("--card", metavar="CARD.yaml", help="a dataset card describing the file")
+    p.add_argument("--indicator", action="append", metavar="SPEC", help="declare an indicator (repeatable)")
+    p.add_argument("--timestamp-column", metavar="COL", help="timestamp column (default: timestamp)")
+    p.add_argument("--series-column", metavar="COL", help="column naming the series (pod, VM, service)")
+    p.add_argument("--delimiter", metavar="CHAR", help="CSV delimiter (default: detected from the header)")
+    p.add_argument("--timezone", default="UTC", help="zone of timestamps without an offset (default: UTC)")
+    p.add_argument("--freq", metavar="STEP", help="sampling step (default: the median step in the file)")
+    p.set_defaults(func=_cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
