@@ -65,7 +65,7 @@ def cleaning_report(trace: Trace, series: str | None = None) -> str:
     labels = {
         "rows_in": "raw rows read",
         "points_out": "grid points out",
-        "out_of_order": "rows out of time order (sorted)",
+        "out_of_order": "rows earlier than the row before (sorted)",
         "off_grid": "timestamps snapped to the grid",
         "duplicates_merged": "rows merged onto a shared grid point",
         "missing_cells": "empty/NaN cells in the input",

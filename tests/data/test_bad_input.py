@@ -1,0 +1,224 @@
+"""Bad input: every case gives an error naming the file, row or column and what was expected, or is
+repaired by the documented rule and reported. Fixtures are cut from the real traces at test time."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harmony.data.catalog import load
+from harmony.data.errors import CardError, DataError
+from harmony.data.loaders.table import load_table
+from harmony.data.spec import card_from_dict, parse_indicator_arg
+
+LOAD = parse_indicator_arg("load:load units:1:demand:capacity=5")
+CPU = parse_indicator_arg("cpu:ns/s:2:resource:counter:column=container_cpu_usage_seconds_total")
+MEM = parse_indicator_arg("mem:bytes:2:resource:column=container_memory_rss")
+
+
+@pytest.fixture()
+def rows(data_root: Path) -> list[list[str]]:
+    """Header + first 60 rows of the real Fisher container1.csv."""
+    with open(data_root / "fisher_containers" / "container1.csv", newline="") as fh:
+        return list(csv.reader(fh))[:61]
+
+
+def write(path: Path, rows: list[list[str]], delimiter: str = ",") -> Path:
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh, delimiter=delimiter).writerows(rows)
+    return path
+
+
+def col(rows: list[list[str]], name: str) -> int:
+    return rows[0].index(name)
+
+
+def check(path: Path, *inds, **kw):  # type: ignore[no-untyped-def]
+    return load_table(path, indicators=list(inds) or [LOAD], timestamp_column="date", **kw)
+
+
+def test_a_clean_cut_loads(tmp_path: Path, rows: list[list[str]]) -> None:
+    trace = check(write(tmp_path / "ok.csv", rows), LOAD, CPU, MEM)
+    frame = trace["ok"]
+    assert len(frame) == 60 and trace.frequency == pd.Timedelta("10min")  # inferred
+    assert frame["load"].iloc[0] == float(rows[1][col(rows, "load")])
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(DataError, match=r"e\.csv: file is empty; expected a header row"):
+        check(tmp_path / "e.csv")
+
+
+def test_header_only(tmp_path: Path, rows: list[list[str]]) -> None:
+    with pytest.raises(DataError, match=r"h\.csv: file has a header but no data rows"):
+        check(write(tmp_path / "h.csv", rows[:1]))
+
+
+def test_wrong_delimiter(tmp_path: Path, rows: list[list[str]]) -> None:
+    path = write(tmp_path / "semi.csv", rows, delimiter=";")
+    with pytest.raises(DataError, match=r"semi\.csv, row 1: wrong delimiter: the header has no ',' but .* ';'"):
+        check(path, delimiter=",")
+    assert len(check(path)["semi"]) == 60  # detected when not forced
+
+
+@pytest.mark.parametrize(("asked", "hint"), [("lod", "did you mean 'load'"), ("latency", "")])
+def test_missing_or_misspelled_column(tmp_path: Path, rows: list[list[str]], asked: str, hint: str) -> None:
+    spec = parse_indicator_arg(f"{asked}:u:1:demand:capacity=1")
+    with pytest.raises(DataError) as err:
+        check(write(tmp_path / "m.csv", rows), spec)
+    msg = str(err.value)
+    assert f"column '{asked}' not found" in msg and hint in msg and "'load'" in msg  # lists real columns
+
+
+def test_non_numeric_cells_are_all_listed(tmp_path: Path, rows: list[list[str]]) -> None:
+    rows[5][col(rows, "load")] = "abc"
+    rows[9][col(rows, "load")] = "1,5"
+    rows[7][col(rows, "container_memory_rss")] = "12GB"
+    with pytest.raises(DataError) as err:
+        check(write(tmp_path / "n.csv", rows), LOAD, MEM)
+    msg = str(err.value)
+    assert "n.csv: 2 problem(s) found" in msg
+    assert "column 'load': not a number at row(s) 6 ('abc'), 10 ('1,5')" in msg
+    assert "column 'container_memory_rss': not a number at row(s) 8 ('12GB')" in msg
+
+
+def test_nan_is_missing_and_filled_inf_is_an_error(tmp_path: Path, rows: list[list[str]]) -> None:
+    rows[4][col(rows, "load")] = ""
+    rows[6][col(rows, "load")] = "NaN"
+    trace = check(write(tmp_path / "nan.csv", rows))
+    rep = trace.reports["nan"]
+    assert rep.missing_cells == 2 and rep.filled_points == 2
+    prev, nxt = float(rows[3][1]), float(rows[5][1])
+    assert trace["nan"]["load"].iloc[3] == pytest.approx((prev + nxt) / 2)
+    rows[8][col(rows, "load")] = "inf"
+    with pytest.raises(DataError, match=r"column 'load': infinite value at row\(s\) 9; expected a finite number"):
+        check(write(tmp_path / "inf.csv", rows))
+
+
+def test_unsorted_and_duplicated_timestamps_are_repaired_and_reported(tmp_path: Path, rows: list[list[str]]) -> None:
+    body = rows[1:]
+    shuffled = [rows[0], *body[10:20], *body[:10], *body[20:], body[30]]  # one block moved, one duplicate
+    trace = check(write(tmp_path / "u.csv", shuffled))
+    rep = trace.reports["u"]
+    assert rep.out_of_order == 2 and rep.duplicates_merged == 1
+    assert len(trace["u"]) == 60
+    assert trace["u"]["load"].tolist() == [float(r[1]) for r in body]
+
+
+def test_mixed_time_zones(tmp_path: Path, rows: list[list[str]]) -> None:
+    rows[3][0] = rows[3][0].replace(" ", "T") + "+02:00"
+    with pytest.raises(DataError, match=r"mixed time zones: row\(s\) 4 carry a UTC offset but row\(s\) 2, 3, 5"):
+        check(write(tmp_path / "tz.csv", rows))
+
+
+def test_offsets_and_local_zone_become_utc(tmp_path: Path, rows: list[list[str]]) -> None:
+    trace = check(write(tmp_path / "local.csv", rows), timezone="Europe/Amsterdam")
+    assert trace["local"].index[0] == pd.Timestamp("2018-07-23 22:00", tz="UTC")  # CEST = UTC+2
+
+
+def test_bad_timestamp_cell(tmp_path: Path, rows: list[list[str]]) -> None:
+    rows[2][0] = "yesterday"
+    with pytest.raises(DataError, match=r"timestamp not understood at row\(s\) 3 \('yesterday'\); expected ISO 8601"):
+        check(write(tmp_path / "ts.csv", rows))
+
+
+def test_negative_counter_and_reset(tmp_path: Path, rows: list[list[str]]) -> None:
+    c = col(rows, "container_cpu_usage_seconds_total")
+    rows[10][c] = "-5"
+    with pytest.raises(DataError, match=r"column 'container_cpu_usage_seconds_total': counter is negative at row\(s\) 11"):
+        check(write(tmp_path / "neg.csv", rows), LOAD, CPU)
+    rows[10][c] = "1000"  # a drop: the counter was reset
+    trace = check(write(tmp_path / "reset.csv", rows), LOAD, CPU)
+    assert trace.reports["reset"].counter_resets == 1
+
+
+def test_series_column_and_empty_series_id(tmp_path: Path, rows: list[list[str]]) -> None:
+    rows = [[*r, "pod-a" if k % 2 else "pod-b"] for k, r in enumerate(rows)]
+    rows[0][-1] = "pod"
+    trace = check(write(tmp_path / "s.csv", rows), series_column="pod")
+    assert trace.series_ids == ["pod-a", "pod-b"] and trace.frequency == pd.Timedelta("20min")
+    rows[7][-1] = ""
+    with pytest.raises(DataError, match=r"column 'pod': series id is empty at row\(s\) 8"):
+        check(write(tmp_path / "s2.csv", rows), series_column="pod")
+
+
+def test_truncated_parquet(tmp_path: Path, data_root: Path) -> None:
+    folder = tmp_path / "bitbrains_rnd"
+    folder.mkdir()
+    for m in ("07", "08", "09"):
+        src = data_root / "bitbrains_rnd" / f"bitbrains_rnd_2013-{m}.parquet"
+        with open(src, "rb") as fh:
+            (folder / src.name).write_bytes(fh.read(200_000))
+    with pytest.raises(DataError, match=r"bitbrains_rnd_2013-07\.parquet: not a readable Parquet file"):
+        load("bitbrains_rnd", root=tmp_path, series=["1"])
+    frame = pd.DataFrame({"date": ["2024-01-01T00:00Z"], "load": [1.0]})
+    frame.to_parquet(tmp_path / "user.parquet")
+    data = (tmp_path / "user.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.parquet: not a readable Parquet file"):
+        check(tmp_path / "cut.parquet")
+
+
+def test_truncated_tar_gz(tmp_path: Path, data_root: Path) -> None:
+    raw = tmp_path / "alibaba_gentd26" / "raw"
+    raw.mkdir(parents=True)
+    for src in (data_root / "alibaba_gentd26" / "raw").iterdir():
+        shutil.copy(src, raw / src.name)
+    data = (raw / "pod_gpu_duty_cycle_anon.tar.gz").read_bytes()
+    (raw / "pod_gpu_duty_cycle_anon.tar.gz").write_bytes(data[: len(data) // 3])
+    with pytest.raises(DataError, match=r"pod_gpu_duty_cycle_anon\.tar\.gz: not a readable \.tar\.gz archive"):
+        load("alibaba_gentd26", root=tmp_path)
+
+
+def test_missing_dataset_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"dataset folder not found; run `harmony datasets fetch fisher_containers`"):
+        load("fisher_containers", root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"colour": 1}, r"card: unknown field\(s\) \['colour'\]"),
+        ({"frequency": "often"}, r"frequency: expected a duration such as '300s'"),
+        ({"indicators": [{"name": "x", "unit": "u", "level": 1, "kind": "demand"}]},
+         r"indicators\[0\]: demand indicator 'x' needs capacity_per_replica > 0"),
+        ({"indicators": [{"name": "x", "unit": "u", "level": "two", "kind": "demand"}]},
+         r"indicators\[0\]\.level: expected an integer >= 1, got 'two'"),
+        ({"indicators": [{"name": "x", "unit": "u", "level": 1, "kind": "supply"}]},
+         r"indicators\[0\]\.kind: expected one of 'demand', 'resource', 'context', got 'supply'"),
+        ({"files": [{"path": "a.csv", "sha256": "abc"}]}, r"files\[0\]\.sha256: expected 64 lowercase hex"),
+        ({"indicators": [{"name": "x", "unit": "u", "level": 1, "kind": "resource"}]},
+         r"at least one demand indicator"),
+    ],
+)
+def test_bad_card(patch: dict[str, object], message: str) -> None:
+    base: dict[str, object] = {
+        "name": "mine", "loader": "table", "frequency": "1min", "license": "mine", "source": "me",
+        "indicators": [{"name": "rps", "unit": "req/s", "level": 1, "kind": "demand", "capacity_per_replica": 5}],
+    }
+    card_from_dict(base, Path("mine.yaml"))  # the base is valid
+    with pytest.raises(CardError, match=message) as err:
+        card_from_dict({**base, **patch}, Path("mine.yaml"))
+    assert str(err.value).startswith("mine.yaml: ")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    row=st.integers(min_value=1, max_value=60),
+    junk=st.text(alphabet="abcxyz%#@!", min_size=1, max_size=6),
+)
+def test_any_junk_cell_is_named(tmp_path: Path, rows: list[list[str]], row: int, junk: str) -> None:
+    bad = [list(r) for r in rows]
+    bad[row][col(bad, "container_memory_rss")] = junk
+    if junk.strip().lower() in ("nan", "na"):
+        return
+    with pytest.raises(DataError) as err:
+        check(write(tmp_path / "junk.csv", bad), LOAD, MEM)
+    assert f"column 'container_memory_rss': not a number at row(s) {row + 1} ({junk.strip()!r})" in str(err.value)
