@@ -231,7 +231,7 @@ def regularize(
         pd.to_datetime((slots[0] + np.arange(n_points)) * step, unit="ns", utc=True), freq=freq  # type: ignore[arg-type]
     )
     report.points_out = n_points
-    return pd.DataFrame(grid, index=index, columns=names), report
+    return pd.DataFrame(grid, index=index, columns=names, copy=False), report
 
 
 def bin_events(

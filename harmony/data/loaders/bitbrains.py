@@ -77,7 +77,8 @@ def _from_parquet(
         v = int(sid)
         ts_parts, val_parts, row_parts = [], [], []
         for t, vm in bounds:
-            lo, hi = np.searchsorted(vm, [v, v + 1])
+            # Keys in the column's own dtype: mixed dtypes would copy the whole column on every call.
+            lo, hi = np.searchsorted(vm, np.array([v, v + 1], dtype=vm.dtype))
             if hi <= lo:
                 continue
             part = t.slice(lo, hi - lo)
