@@ -50,7 +50,9 @@ def measure(name: str, mode: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", default="bitbrains_rnd", help="comma-separated dataset names")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (the best is shown)")
     args = parser.parse_args()
@@ -60,7 +62,9 @@ def main() -> None:
     print("-" * len(header))
     for name in args.datasets.split(","):
         modes = ["harmony", "baseline"] if name == "bitbrains_rnd" else ["harmony"]
-        res = {m: min((measure(name, m) for _ in range(args.repeat)), key=lambda r: r["seconds"]) for m in modes}
+        res = {
+            m: min((measure(name, m) for _ in range(args.repeat)), key=lambda r: r["seconds"]) for m in modes
+        }
         for m, r in res.items():
             what = "harmony load (clean, grid)" if m == "harmony" else "baseline: pandas read_parquet"
             print(

@@ -27,7 +27,14 @@ def test_console_script_is_installed() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["datasets"], ["datasets", "list"], ["datasets", "show"], ["datasets", "fetch"], ["datasets", "check"]],
+    [
+        [],
+        ["datasets"],
+        ["datasets", "list"],
+        ["datasets", "show"],
+        ["datasets", "fetch"],
+        ["datasets", "check"],
+    ],
 )
 def test_help_on_every_command(args: list[str]) -> None:
     out = run(*args, "--help")
@@ -38,16 +45,30 @@ def test_help_on_every_command(args: list[str]) -> None:
 def test_list(data_root: Path) -> None:
     out = run("datasets", "list", "--data-dir", str(data_root))
     assert out.returncode == 0
-    for name in ("fisher_containers", "bitbrains_rnd", "alibaba_gentd26", "azure_llm_inference_2023",
-                 "datacenter_google2019"):
+    for name in (
+        "fisher_containers",
+        "bitbrains_rnd",
+        "alibaba_gentd26",
+        "azure_llm_inference_2023",
+        "datacenter_google2019",
+    ):
         assert name in out.stdout
     assert "not fetched" not in out.stdout
 
 
 def test_show_with_plot(tmp_path: Path, data_root: Path) -> None:
     png = tmp_path / "plots" / "c1.png"
-    out = run("datasets", "show", "fisher_containers", "--series", "container1", "--plot", str(png),
-              "--data-dir", str(data_root))
+    out = run(
+        "datasets",
+        "show",
+        "fisher_containers",
+        "--series",
+        "container1",
+        "--plot",
+        str(png),
+        "--data-dir",
+        str(data_root),
+    )
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "span         2018-07-24T00:00:00+00:00 .. 2018-08-23T23:50:00+00:00" in text
@@ -82,9 +103,17 @@ def _cut(data_root: Path, dest: Path, n: int = 50) -> Path:
 
 def test_check_good_file(tmp_path: Path, data_root: Path) -> None:
     path = _cut(data_root, tmp_path / "mine.csv")
-    out = run("datasets", "check", str(path), "--timestamp-column", "date",
-              "--indicator", "load:req/s:1:demand:capacity=5",
-              "--indicator", "cpu:cores:2:resource:counter:column=container_cpu_usage_seconds_total")
+    out = run(
+        "datasets",
+        "check",
+        str(path),
+        "--timestamp-column",
+        "date",
+        "--indicator",
+        "load:req/s:1:demand:capacity=5",
+        "--indicator",
+        "cpu:cores:2:resource:counter:column=container_cpu_usage_seconds_total",
+    )
     assert out.returncode == 0, out.stderr
     assert f"OK: {path} is usable." in out.stdout and "frequency    0 days 00:10:00" in out.stdout
 
@@ -112,11 +141,28 @@ def test_check_explains_every_problem(tmp_path: Path, data_root: Path) -> None:
     lines = path.read_text().splitlines()
     lines[3] = lines[3].replace(lines[3].split(",")[1], "oops", 1)
     path.write_text("\n".join(lines) + "\n")
-    out = run("datasets", "check", str(path), "--timestamp-column", "date",
-              "--indicator", "load:req/s:1:demand:capacity=5", "--indicator", "rss:bytes:2:resource:column=rsss")
+    out = run(
+        "datasets",
+        "check",
+        str(path),
+        "--timestamp-column",
+        "date",
+        "--indicator",
+        "load:req/s:1:demand:capacity=5",
+        "--indicator",
+        "rss:bytes:2:resource:column=rsss",
+    )
     assert out.returncode == 2
     assert "column 'rsss' not found" in out.stderr
-    out = run("datasets", "check", str(path), "--timestamp-column", "date", "--indicator", "load:req/s:1:demand:capacity=5")
+    out = run(
+        "datasets",
+        "check",
+        str(path),
+        "--timestamp-column",
+        "date",
+        "--indicator",
+        "load:req/s:1:demand:capacity=5",
+    )
     assert out.returncode == 2 and "column 'load': not a number at row(s) 4 ('oops')" in out.stderr
     out = run("datasets", "check", str(path), "--indicator", "load:req/s")
     assert out.returncode == 2 and "expected NAME:UNIT:LEVEL:KIND" in out.stderr

@@ -7,7 +7,9 @@ The rule (also in docs/data.md), applied in this order:
 4. counters become per-second rates: (v_k - v_{k-1}) / (t_k - t_{k-1}); when a counter decreases it was
    reset (or re-based), and the rate of that one step is unknown: it is left missing for step 5 to fill.
    (Prometheus' rate() instead counts the new value as the increase, which is right after a restart from 0
-   but turns a counter re-based to a large value, as in real exported traces, into a huge false spike);
+   but turns a counter re-based to a large value, as in real exported traces, into a huge false spike).
+   Likewise a step that rises more than `counter_jump_factor` times the series' median increase is a
+   re-base upwards, not work done: its rate is left missing too;
 5. the series is laid on the full grid from its first to its last point; runs of at most `max_fill_steps`
    missing points are filled by linear interpolation, longer runs stay NaN;
 6. points further than `outlier_mads` scaled MADs from the median are counted, and clipped if asked;
@@ -43,6 +45,7 @@ class SeriesReport:
     filled_points: int = 0
     unfilled_points: int = 0
     counter_resets: int = 0
+    counter_jumps: int = 0
     outliers: int = 0
     outliers_clipped: int = 0
     per_indicator: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -177,17 +180,22 @@ def regularize(
         col = vals[:, j]
         ok = np.flatnonzero(~np.isnan(col))
         rate = np.full(col.shape, np.nan)
-        resets = 0
+        resets = jumps = 0
         if ok.size > 1:
             v = col[ok]
             dv = np.diff(v)
             dt = np.diff(slots[ok]).astype(np.float64) * (step / _NS)
-            reset = dv < 0
-            resets = int(reset.sum())
-            rate[ok[1:]] = np.where(reset, np.nan, dv / dt)
+            per_s: np.ndarray = dv / dt
+            reset: np.ndarray = dv < 0
+            rising = per_s[per_s > 0]
+            limit = rules.counter_jump_factor * float(np.median(rising)) if rising.size else np.inf
+            jump: np.ndarray = np.greater(per_s, limit)
+            resets, jumps = int(reset.sum()), int(jump.sum())
+            rate[ok[1:]] = np.where(reset | jump, np.nan, per_s)
         vals[:, j] = rate
         report.counter_resets += resets
-        report.per_indicator.setdefault(spec.name, {})["counter_resets"] = resets
+        report.counter_jumps += jumps
+        report.per_indicator.setdefault(spec.name, {}).update(counter_resets=resets, counter_jumps=jumps)
 
     # 5. full grid, fill short gaps
     n_points = int(slots[-1] - slots[0] + 1)

@@ -91,13 +91,18 @@ class CleaningRules:
       missing (NaN) and windows never span them.
     - Outliers are points further than `outlier_mads` scaled MADs from the series median. By default they are
       only counted: load spikes are exactly what an autoscaler must see.
+    - A counter that falls (a reset) or rises more than `counter_jump_factor` times its median increase in one
+      step (a re-base) has no known rate for that step: it is left missing and filled like a short gap.
     """
 
     max_fill_steps: int = 3
     outlier_mads: float = 10.0
     outlier_action: OutlierAction = OutlierAction.REPORT
+    counter_jump_factor: float = 50.0
 
     def __post_init__(self) -> None:
+        if not self.counter_jump_factor > 1:
+            raise CardError(f"cleaning.counter_jump_factor must be > 1, got {self.counter_jump_factor}")
         if self.max_fill_steps < 0:
             raise CardError(f"cleaning.max_fill_steps must be >= 0, got {self.max_fill_steps}")
         if not self.outlier_mads > 0:
@@ -346,13 +351,19 @@ def card_from_dict(raw: Any, path: Path | None = None) -> DatasetCard:
     cleaning_raw = raw.get("cleaning") or {}
     if not isinstance(cleaning_raw, dict):
         raise CardError("cleaning: expected a mapping", path=path)
-    _unknown(set(cleaning_raw), {"max_fill_steps", "outlier_mads", "outlier_action"}, "cleaning", path)
+    _unknown(
+        set(cleaning_raw),
+        {"max_fill_steps", "outlier_mads", "outlier_action", "counter_jump_factor"},
+        "cleaning",
+        path,
+    )
     cleaning = CleaningRules(
         max_fill_steps=int(cleaning_raw.get("max_fill_steps", 3)),
         outlier_mads=float(cleaning_raw.get("outlier_mads", 10.0)),
         outlier_action=_enum(
             OutlierAction, cleaning_raw.get("outlier_action", "report"), "cleaning.outlier_action", path
         ),
+        counter_jump_factor=float(cleaning_raw.get("counter_jump_factor", 50.0)),
     )
     citation = raw.get("citation") or []
     if isinstance(citation, str):

@@ -73,6 +73,7 @@ def cleaning_report(trace: Trace, series: str | None = None) -> str:
         "filled_points": "cells filled by interpolation (short gaps)",
         "unfilled_points": "cells left missing (long gaps)",
         "counter_resets": "counter resets",
+        "counter_jumps": "counter re-bases upwards",
         "outliers": "outlier cells (> k MADs; counted)",
         "outliers_clipped": "outlier cells clipped",
     }

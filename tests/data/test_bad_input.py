@@ -63,7 +63,9 @@ def test_header_only(tmp_path: Path, rows: list[list[str]]) -> None:
 
 def test_wrong_delimiter(tmp_path: Path, rows: list[list[str]]) -> None:
     path = write(tmp_path / "semi.csv", rows, delimiter=";")
-    with pytest.raises(DataError, match=r"semi\.csv, row 1: wrong delimiter: the header has no ',' but .* ';'"):
+    with pytest.raises(
+        DataError, match=r"semi\.csv, row 1: wrong delimiter: the header has no ',' but .* ';'"
+    ):
         check(path, delimiter=",")
     assert len(check(path)["semi"]) == 60  # detected when not forced
 
@@ -98,11 +100,15 @@ def test_nan_is_missing_and_filled_inf_is_an_error(tmp_path: Path, rows: list[li
     prev, nxt = float(rows[3][1]), float(rows[5][1])
     assert trace["nan"]["load"].iloc[3] == pytest.approx((prev + nxt) / 2)
     rows[8][col(rows, "load")] = "inf"
-    with pytest.raises(DataError, match=r"column 'load': infinite value at row\(s\) 9; expected a finite number"):
+    with pytest.raises(
+        DataError, match=r"column 'load': infinite value at row\(s\) 9; expected a finite number"
+    ):
         check(write(tmp_path / "inf.csv", rows))
 
 
-def test_unsorted_and_duplicated_timestamps_are_repaired_and_reported(tmp_path: Path, rows: list[list[str]]) -> None:
+def test_unsorted_and_duplicated_timestamps_are_repaired_and_reported(
+    tmp_path: Path, rows: list[list[str]]
+) -> None:
     body = rows[1:]
     shuffled = [rows[0], *body[10:20], *body[:10], *body[20:], body[30]]  # one block moved, one duplicate
     trace = check(write(tmp_path / "u.csv", shuffled))
@@ -114,7 +120,9 @@ def test_unsorted_and_duplicated_timestamps_are_repaired_and_reported(tmp_path: 
 
 def test_mixed_time_zones(tmp_path: Path, rows: list[list[str]]) -> None:
     rows[3][0] = rows[3][0].replace(" ", "T") + "+02:00"
-    with pytest.raises(DataError, match=r"mixed time zones: row\(s\) 4 carry a UTC offset but row\(s\) 2, 3, 5"):
+    with pytest.raises(
+        DataError, match=r"mixed time zones: row\(s\) 4 carry a UTC offset but row\(s\) 2, 3, 5"
+    ):
         check(write(tmp_path / "tz.csv", rows))
 
 
@@ -125,14 +133,18 @@ def test_offsets_and_local_zone_become_utc(tmp_path: Path, rows: list[list[str]]
 
 def test_bad_timestamp_cell(tmp_path: Path, rows: list[list[str]]) -> None:
     rows[2][0] = "yesterday"
-    with pytest.raises(DataError, match=r"timestamp not understood at row\(s\) 3 \('yesterday'\); expected ISO 8601"):
+    with pytest.raises(
+        DataError, match=r"timestamp not understood at row\(s\) 3 \('yesterday'\); expected ISO 8601"
+    ):
         check(write(tmp_path / "ts.csv", rows))
 
 
 def test_negative_counter_and_reset(tmp_path: Path, rows: list[list[str]]) -> None:
     c = col(rows, "container_cpu_usage_seconds_total")
     rows[10][c] = "-5"
-    with pytest.raises(DataError, match=r"column 'container_cpu_usage_seconds_total': counter is negative at row\(s\) 11"):
+    with pytest.raises(
+        DataError, match=r"column 'container_cpu_usage_seconds_total': counter is negative at row\(s\) 11"
+    ):
         check(write(tmp_path / "neg.csv", rows), LOAD, CPU)
     rows[10][c] = "1000"  # a drop: the counter was reset
     trace = check(write(tmp_path / "reset.csv", rows), LOAD, CPU)
@@ -173,12 +185,16 @@ def test_truncated_tar_gz(tmp_path: Path, data_root: Path) -> None:
         shutil.copy(src, raw / src.name)
     data = (raw / "pod_gpu_duty_cycle_anon.tar.gz").read_bytes()
     (raw / "pod_gpu_duty_cycle_anon.tar.gz").write_bytes(data[: len(data) // 3])
-    with pytest.raises(DataError, match=r"pod_gpu_duty_cycle_anon\.tar\.gz: not a readable \.tar\.gz archive"):
+    with pytest.raises(
+        DataError, match=r"pod_gpu_duty_cycle_anon\.tar\.gz: not a readable \.tar\.gz archive"
+    ):
         load("alibaba_gentd26", root=tmp_path)
 
 
 def test_missing_dataset_folder(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"dataset folder not found; run `harmony datasets fetch fisher_containers`"):
+    with pytest.raises(
+        DataError, match=r"dataset folder not found; run `harmony datasets fetch fisher_containers`"
+    ):
         load("fisher_containers", root=tmp_path)
 
 
@@ -187,21 +203,35 @@ def test_missing_dataset_folder(tmp_path: Path) -> None:
     [
         ({"colour": 1}, r"card: unknown field\(s\) \['colour'\]"),
         ({"frequency": "often"}, r"frequency: expected a duration such as '300s'"),
-        ({"indicators": [{"name": "x", "unit": "u", "level": 1, "kind": "demand"}]},
-         r"indicators\[0\]: demand indicator 'x' needs capacity_per_replica > 0"),
-        ({"indicators": [{"name": "x", "unit": "u", "level": "two", "kind": "demand"}]},
-         r"indicators\[0\]\.level: expected an integer >= 1, got 'two'"),
-        ({"indicators": [{"name": "x", "unit": "u", "level": 1, "kind": "supply"}]},
-         r"indicators\[0\]\.kind: expected one of 'demand', 'resource', 'context', got 'supply'"),
+        (
+            {"indicators": [{"name": "x", "unit": "u", "level": 1, "kind": "demand"}]},
+            r"indicators\[0\]: demand indicator 'x' needs capacity_per_replica > 0",
+        ),
+        (
+            {"indicators": [{"name": "x", "unit": "u", "level": "two", "kind": "demand"}]},
+            r"indicators\[0\]\.level: expected an integer >= 1, got 'two'",
+        ),
+        (
+            {"indicators": [{"name": "x", "unit": "u", "level": 1, "kind": "supply"}]},
+            r"indicators\[0\]\.kind: expected one of 'demand', 'resource', 'context', got 'supply'",
+        ),
         ({"files": [{"path": "a.csv", "sha256": "abc"}]}, r"files\[0\]\.sha256: expected 64 lowercase hex"),
-        ({"indicators": [{"name": "x", "unit": "u", "level": 1, "kind": "resource"}]},
-         r"at least one demand indicator"),
+        (
+            {"indicators": [{"name": "x", "unit": "u", "level": 1, "kind": "resource"}]},
+            r"at least one demand indicator",
+        ),
     ],
 )
 def test_bad_card(patch: dict[str, object], message: str) -> None:
     base: dict[str, object] = {
-        "name": "mine", "loader": "table", "frequency": "1min", "license": "mine", "source": "me",
-        "indicators": [{"name": "rps", "unit": "req/s", "level": 1, "kind": "demand", "capacity_per_replica": 5}],
+        "name": "mine",
+        "loader": "table",
+        "frequency": "1min",
+        "license": "mine",
+        "source": "me",
+        "indicators": [
+            {"name": "rps", "unit": "req/s", "level": 1, "kind": "demand", "capacity_per_replica": 5}
+        ],
     }
     card_from_dict(base, Path("mine.yaml"))  # the base is valid
     with pytest.raises(CardError, match=message) as err:
@@ -221,4 +251,6 @@ def test_any_junk_cell_is_named(tmp_path: Path, rows: list[list[str]], row: int,
         return
     with pytest.raises(DataError) as err:
         check(write(tmp_path / "junk.csv", bad), LOAD, MEM)
-    assert f"column 'container_memory_rss': not a number at row(s) {row + 1} ({junk.strip()!r})" in str(err.value)
+    assert f"column 'container_memory_rss': not a number at row(s) {row + 1} ({junk.strip()!r})" in str(
+        err.value
+    )

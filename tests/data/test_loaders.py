@@ -32,7 +32,9 @@ def raw_rows(path: Path) -> list[dict[str, str]]:
 
 def tar_rows(archive: Path) -> list[dict[str, str]]:
     with tarfile.open(archive) as tar:
-        member = next(m for m in tar if m.name.endswith(".csv") and not m.name.split("/")[-1].startswith("._"))
+        member = next(
+            m for m in tar if m.name.endswith(".csv") and not m.name.split("/")[-1].startswith("._")
+        )
         fh = tar.extractfile(member)
         assert fh is not None
         return list(csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8")))
@@ -41,8 +43,14 @@ def tar_rows(archive: Path) -> list[dict[str, str]]:
 def test_every_card_is_valid_and_every_level_is_declared() -> None:
     cards = {c.name: c for c in list_cards()}
     assert set(cards) == {
-        "fisher_containers", "bitbrains_rnd", "alibaba_gentd26", "alibaba_gentd26_requests",
-        "azure_llm_inference_2023", "datacenter_alibaba2018", "datacenter_google2019", "datacenter_azure_v2",
+        "fisher_containers",
+        "bitbrains_rnd",
+        "alibaba_gentd26",
+        "alibaba_gentd26_requests",
+        "azure_llm_inference_2023",
+        "datacenter_alibaba2018",
+        "datacenter_google2019",
+        "datacenter_azure_v2",
     }
     for card in cards.values():
         assert card.license and card.source and card.citation and card.capacity_reasoning
@@ -57,7 +65,9 @@ def test_fisher(load_trace: Loader, data_root: Path) -> None:
     assert len(trace.indicators) == 11
     c1 = trace["container1"]
     assert (c1.index[0], c1.index[-1], len(c1)) == (utc("2018-07-24 00:00"), utc("2018-08-23 23:50"), 4464)
-    assert len(trace["container3"]) == 3941 and trace["container3"].index[0].date().isoformat() == "2018-07-27"
+    assert (
+        len(trace["container3"]) == 3941 and trace["container3"].index[0].date().isoformat() == "2018-07-27"
+    )
     assert trace.indicator("cpu_cores").unit == "cores" and trace.indicator("load").kind.value == "demand"
     # Levels follow level.npy in the CSV's column order.
     levels = np.load(data_root / "fisher_containers" / "level.npy")[:11].tolist()
@@ -107,8 +117,12 @@ def test_alibaba_requests(load_trace: Loader, data_root: Path) -> None:
     total_exec = sum(float(r["exec_time_seconds"]) for r in rows)
     last_edge = frame.index[-1] + trace.frequency
     cut = sum(
-        max(0.0, datetime.fromisoformat(r["gmt_create"]).replace(tzinfo=UTC).timestamp()
-            + float(r["exec_time_seconds"]) - last_edge.timestamp())
+        max(
+            0.0,
+            datetime.fromisoformat(r["gmt_create"]).replace(tzinfo=UTC).timestamp()
+            + float(r["exec_time_seconds"])
+            - last_edge.timestamp(),
+        )
         for r in rows
     )
     assert frame["busy_gpus"].sum() * 300 == pytest.approx(total_exec - cut, rel=1e-9)
@@ -130,23 +144,41 @@ def test_azure_llm(load_trace: Loader, data_root: Path) -> None:
     assert code["prompt_tokens_per_s"].sum() * 10 == pytest.approx(sum(int(r["ContextTokens"]) for r in rows))
     t0 = code.index[0]
     first = [r for r in rows if pd.Timestamp(r["TIMESTAMP"], tz="UTC") < t0 + pd.Timedelta("10s")]
-    assert code["generated_tokens_per_s"].iloc[0] * 10 == pytest.approx(sum(int(r["GeneratedTokens"]) for r in first))
+    assert code["generated_tokens_per_s"].iloc[0] * 10 == pytest.approx(
+        sum(int(r["GeneratedTokens"]) for r in first)
+    )
     assert t0 == utc("2023-11-16 18:17:00")
 
 
 @pytest.mark.parametrize(
     ("name", "folder", "points", "first_column", "start"),
     [
-        ("datacenter_alibaba2018", "alibaba2018/machine_usage_grouped_300_seconds.csv.gz", 2243, "cpu_util_percent",
-         "2018-01-01"),
-        ("datacenter_google2019", "google2019/machine_usage_grouped_300_seconds.csv.gz", 8064, "cpu_util",
-         "2019-05-01"),
-        ("datacenter_azure_v2", "azure_v2/machine_usage_grouped_300_seconds.csv.gz", 8640, "cpu_usage",
-         "2019-01-01"),
+        (
+            "datacenter_alibaba2018",
+            "alibaba2018/machine_usage_grouped_300_seconds.csv.gz",
+            2243,
+            "cpu_util_percent",
+            "2018-01-01",
+        ),
+        (
+            "datacenter_google2019",
+            "google2019/machine_usage_grouped_300_seconds.csv.gz",
+            8064,
+            "cpu_util",
+            "2019-05-01",
+        ),
+        (
+            "datacenter_azure_v2",
+            "azure_v2/machine_usage_grouped_300_seconds.csv.gz",
+            8640,
+            "cpu_usage",
+            "2019-01-01",
+        ),
     ],
 )
-def test_datacenter(load_trace: Loader, data_root: Path, name: str, folder: str, points: int,
-                    first_column: str, start: str) -> None:
+def test_datacenter(
+    load_trace: Loader, data_root: Path, name: str, folder: str, points: int, first_column: str, start: str
+) -> None:
     trace = load_trace(name)
     (frame,) = trace.series.values()
     assert len(frame) == points and frame.index[0] == utc(start) and trace.frequency == pd.Timedelta("5min")

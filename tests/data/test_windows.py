@@ -61,8 +61,9 @@ def test_windows_skip_missing_points() -> None:
     stride=st.integers(1, 3),
     f_train=st.floats(0.3, 0.8),
 )
-def test_no_target_crosses_a_boundary(n: int, lookback: int, horizon: int, lead: int, stride: int,
-                                      f_train: float) -> None:
+def test_no_target_crosses_a_boundary(
+    n: int, lookback: int, horizon: int, lead: int, stride: int, f_train: float
+) -> None:
     trace = ramp_trace(n)
     f_val = (1 - f_train) / 2
     split = chronological_split(trace, (f_train, f_val, 1 - f_train - f_val), by="rows")
@@ -80,7 +81,9 @@ def test_no_target_crosses_a_boundary(n: int, lookback: int, horizon: int, lead:
             if part == "train":
                 assert past.max() < a  # training never sees validation or test points at all
             seen_targets[part] |= set(future[:, 0].astype(int).tolist())
-    assert not (seen_targets["train"] & seen_targets["val"]) and not (seen_targets["val"] & seen_targets["test"])
+    assert not (seen_targets["train"] & seen_targets["val"]) and not (
+        seen_targets["val"] & seen_targets["test"]
+    )
 
 
 def test_time_split_is_common_to_all_series(load_trace: Loader) -> None:
