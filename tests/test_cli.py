@@ -166,3 +166,23 @@ def test_check_explains_every_problem(tmp_path: Path, data_root: Path) -> None:
     assert out.returncode == 2 and "column 'load': not a number at row(s) 4 ('oops')" in out.stderr
     out = run("datasets", "check", str(path), "--indicator", "load:req/s")
     assert out.returncode == 2 and "expected NAME:UNIT:LEVEL:KIND" in out.stderr
+
+
+def test_fetch_from_a_mirror_and_checksum_mismatch(tmp_path: Path, data_root: Path) -> None:
+    dest = tmp_path / "data"
+    out = run("datasets", "fetch", "fisher_containers", "--mirror", str(data_root), "--data-dir", str(dest), "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert "fisher_containers: 11 downloaded, 0 already present and verified" in out.stdout
+    assert (dest / "fisher_containers" / "container7.csv").read_bytes() == (
+        data_root / "fisher_containers" / "container7.csv"
+    ).read_bytes()
+    mirror = tmp_path / "mirror" / "fisher_containers"
+    shutil.copytree(data_root / "fisher_containers", mirror)
+    (mirror / "container2.csv").chmod(0o644)
+    data = bytearray((mirror / "container2.csv").read_bytes())
+    data[-3] = ord("7") if data[-3] != ord("7") else ord("8")  # same size, different bytes
+    (mirror / "container2.csv").write_bytes(bytes(data))
+    out = run("datasets", "fetch", "fisher_containers", "--mirror", str(tmp_path / "mirror"),
+              "--data-dir", str(tmp_path / "other"), "--quiet")
+    assert out.returncode == 2 and "container2.csv" in out.stderr and "sha256" in out.stderr.lower()
+    assert not (tmp_path / "other" / "fisher_containers" / "container2.csv").exists()
