@@ -1,0 +1,321 @@
+"""Shared machinery of the neural forecasters: window tensors, instance normalisation, the Lightning
+module (loss, optimisation, logging) and the Forecaster that owns preprocessing, training and saving.
+
+Networks are plain `nn.Module`s with two methods, both in normalised units:
+    loss(past [B, L, N], calendar [B, L+lead+H, C], future [B, H, T]) -> scalar (mean NLL per dimension)
+    sample(past, calendar, n) -> [B, n, H, T]
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from harmony.data.trace import Trace
+from harmony.data.windows import Part, Split, WindowDataset, WindowSpec
+from harmony.model.base import FitReport, Forecaster, ForecastSpec, as_batch, calendar_features
+
+NEURAL_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3,
+    "weight_decay": 1e-5,
+    "batch_size": 128,
+    "max_epochs": 30,
+    "patience": 5,
+    "grad_clip": 1.0,
+    "seed": 0,
+    "train_stride": 1,
+    "max_train_windows": 20_000,
+    "max_val_windows": 4_000,
+}
+
+
+class WindowTensors(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """Windows as tensors: past [L, N], calendar [L+lead+H, C], future targets [H, T].
+
+    `keep` subsamples the windows evenly (deterministic) to bound an epoch's cost.
+    """
+
+    def __init__(self, windows: WindowDataset, spec: ForecastSpec, keep: int | None = None) -> None:
+        self.windows = windows
+        self.spec = spec
+        self.target_index = spec.target_index
+        n = len(windows)
+        self.order = (
+            np.arange(n) if keep is None or n <= keep else np.linspace(0, n - 1, keep).astype(np.int64)
+        )
+        self.times = [pd.DatetimeIndex(windows.trace[s].index).asi8 for s in windows.series_ids]
+        step = int(spec.frequency.value)
+        self.offsets = np.arange(-spec.lookback + 1, spec.lead_time + spec.horizon + 1, dtype=np.int64) * step
+
+    def __len__(self) -> int:
+        return int(self.order.size)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        j = int(self.order[k])
+        past, future = self.windows[j]
+        s, t = (int(x) for x in self.windows.index[j])
+        cal = calendar_features(self.times[s][t] + self.offsets)
+        return (
+            torch.from_numpy(past.copy()),
+            torch.from_numpy(cal),
+            torch.from_numpy(future[:, self.target_index].copy()),
+        )
+
+
+class ProbabilisticNetwork(nn.Module, ABC):
+    """A plain network in normalised units: what a NeuralForecaster trains and samples."""
+
+    @abstractmethod
+    def loss(self, past: torch.Tensor, cal: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        """Mean training loss per target dimension (negative log-likelihood for the probabilistic models)."""
+
+    @abstractmethod
+    def sample(self, past: torch.Tensor, cal: torch.Tensor, n: int) -> torch.Tensor:
+        """[B, n, H, T] draws."""
+
+
+class InstanceNorm(nn.Module):
+    """Per-window normalisation (RevIN without affine terms): each indicator of a window is centred on its
+    lookback mean and divided by its lookback standard deviation, floored by a fraction of the indicator's
+    training spread so that a flat lookback cannot blow a later change up. The same statistics map the
+    target draws back to original units."""
+
+    def __init__(self, n_indicators: int, target_index: list[int]) -> None:
+        super().__init__()
+        self.register_buffer("floor", torch.ones(n_indicators))
+        self.target_index = list(target_index)
+
+    def stats(self, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = past.mean(dim=1, keepdim=True)
+        sd = past.std(dim=1, keepdim=True, unbiased=False)
+        floor: torch.Tensor = self.floor  # type: ignore[assignment]
+        return mu, torch.maximum(sd, floor.view(1, 1, -1))
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., self.target_index]
+
+
+class NormalizedNet(nn.Module):
+    """A network wrapped by instance normalisation: works in original units at its boundary."""
+
+    def __init__(self, net: ProbabilisticNetwork, norm: InstanceNorm) -> None:
+        super().__init__()
+        self.net = net
+        self.norm = norm
+
+    def loss(self, past: torch.Tensor, cal: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        mu, sd = self.norm.stats(past)
+        fut_n = (future - self.norm.targets(mu)) / self.norm.targets(sd)
+        return self.net.loss((past - mu) / sd, cal, fut_n)
+
+    def sample(self, past: torch.Tensor, cal: torch.Tensor, n: int) -> torch.Tensor:
+        mu, sd = self.norm.stats(past)
+        draws = self.net.sample((past - mu) / sd, cal, n)  # [B, n, H, T]
+        return draws * self.norm.targets(sd).unsqueeze(1) + self.norm.targets(mu).unsqueeze(1)
+
+
+class ForecastModule(pl.LightningModule):
+    """Loss, optimisation and logging around a NormalizedNet."""
+
+    def __init__(self, model: NormalizedNet, lr: float, weight_decay: float) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.weight_decay = weight_decay
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        past, cal, fut = batch
+        loss = self.model.loss(past, cal, fut)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=past.shape[0])
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        past, cal, fut = batch
+        loss = self.model.loss(past, cal, fut)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=past.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class _History(pl.Callback):
+    def __init__(self) -> None:
+        self.train: list[float] = []
+        self.val: list[float] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        m = trainer.callback_metrics
+        if "train_loss" in m:
+            self.train.append(float(m["train_loss"]))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        m = trainer.callback_metrics
+        if "val_loss" in m and not trainer.sanity_checking:
+            self.val.append(float(m["val_loss"]))
+
+
+class NeuralForecaster(Forecaster):
+    """Owns preprocessing, training (Lightning), sampling and saving for a network."""
+
+    def __init__(self, spec: ForecastSpec, **hparams: Any) -> None:
+        merged = {**NEURAL_DEFAULTS, **self.default_hparams(), **hparams}
+        super().__init__(spec, **merged)
+        torch.manual_seed(int(self.hparams["seed"]))
+        self.model = NormalizedNet(
+            self.build_network(), InstanceNorm(len(spec.indicators), spec.target_index)
+        )
+
+    @classmethod
+    def default_hparams(cls) -> dict[str, Any]:
+        return {}
+
+    @abstractmethod
+    def build_network(self) -> ProbabilisticNetwork:
+        """The plain nn.Module with loss() and sample() in normalised units."""
+
+    # --- data ------------------------------------------------------------------------------------------
+    def window_spec(self, stride: int = 1) -> WindowSpec:
+        s = self.spec
+        return WindowSpec(lookback=s.lookback, horizon=s.horizon, lead_time=s.lead_time, stride=stride)
+
+    def windows(
+        self, trace: Trace, split: Split, part: Part, keep: int | None, stride: int = 1
+    ) -> WindowTensors:
+        ds = WindowDataset(
+            trace, split, part, self.window_spec(stride), indicators=list(self.spec.indicators)
+        )
+        return WindowTensors(ds, self.spec, keep)
+
+    def _set_floor(self, trace: Trace, split: Split) -> None:
+        parts = []
+        for sid in trace.series_ids:
+            a, _, _ = split.boundaries[sid]
+            parts.append(trace[sid][list(self.spec.indicators)].to_numpy(np.float64)[:a])
+        train = np.concatenate(parts)
+        spread = np.nanstd(train, axis=0)
+        floor = np.maximum(0.05 * np.nan_to_num(spread), 1e-6)
+        self.model.norm.floor.copy_(torch.as_tensor(floor, dtype=torch.float32))  # type: ignore[operator]
+
+    # --- training --------------------------------------------------------------------------------------
+    def fit(self, trace: Trace, split: Split, **options: Any) -> FitReport:
+        """Options: logger, callbacks (extra), checkpoint_dir, resume_from (a .ckpt), accelerator, devices,
+        strategy, progress (bool), max_epochs (overrides the hyper-parameter)."""
+        hp = self.hparams
+        pl.seed_everything(int(hp["seed"]), workers=True, verbose=False)
+        self._set_floor(trace, split)
+        train = self.windows(trace, split, "train", int(hp["max_train_windows"]), int(hp["train_stride"]))
+        val = self.windows(trace, split, "val", int(hp["max_val_windows"]))
+        if len(train) == 0:
+            raise ValueError(
+                f"no training windows: each series needs {self.window_spec().span} points without gaps "
+                "in its training part"
+            )
+        gen = torch.Generator().manual_seed(int(hp["seed"]))
+        train_dl = DataLoader(
+            train, batch_size=int(hp["batch_size"]), shuffle=True, generator=gen, num_workers=0
+        )
+        val_dl = (
+            DataLoader(val, batch_size=int(hp["batch_size"]) * 2, shuffle=False, num_workers=0)
+            if len(val)
+            else None
+        )
+        module = ForecastModule(self.model, float(hp["lr"]), float(hp["weight_decay"]))
+        history = _History()
+        callbacks: list[pl.Callback] = [history, *options.get("callbacks", [])]
+        ckpt_dir = options.get("checkpoint_dir")
+        checkpoint = None
+        monitor = "val_loss" if val_dl is not None else "train_loss"
+        if ckpt_dir is not None:
+            checkpoint = pl.callbacks.ModelCheckpoint(
+                dirpath=str(ckpt_dir), monitor=monitor, save_last=True, save_top_k=1, filename="best"
+            )
+            callbacks.append(checkpoint)
+        callbacks.append(
+            pl.callbacks.EarlyStopping(monitor=monitor, patience=int(hp["patience"]), mode="min")
+        )
+        trainer = pl.Trainer(
+            max_epochs=int(options.get("max_epochs", hp["max_epochs"])),
+            accelerator=options.get("accelerator", "cpu"),
+            devices=options.get("devices", 1),
+            strategy=options.get("strategy", "auto"),
+            logger=options.get("logger", False),
+            callbacks=callbacks,
+            enable_progress_bar=bool(options.get("progress", False)),
+            enable_model_summary=False,
+            enable_checkpointing=checkpoint is not None,
+            gradient_clip_val=float(hp["grad_clip"]),
+            deterministic=True,
+            num_sanity_val_steps=0,
+            log_every_n_steps=10,
+        )
+        t0 = time.perf_counter()
+        trainer.fit(module, train_dl, val_dl, ckpt_path=options.get("resume_from"))
+        report = FitReport(
+            train_loss=history.train,
+            val_loss=history.val,
+            epochs=trainer.current_epoch,
+            seconds=time.perf_counter() - t0,
+        )
+        if checkpoint is not None and checkpoint.best_model_path:
+            state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)[
+                "state_dict"
+            ]
+            module.load_state_dict(state)
+            report.best_val_loss = (
+                float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+            )
+        if report.val_loss:
+            report.best_epoch = int(np.argmin(report.val_loss))
+            report.best_val_loss = report.best_val_loss or float(min(report.val_loss))
+        self.model.eval()
+        return report
+
+    # --- inference -------------------------------------------------------------------------------------
+    def sample(
+        self,
+        history: np.ndarray,
+        n: int,
+        last_time: np.ndarray | pd.Timestamp | None = None,
+        *,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        h, t, single = as_batch(history, last_time)
+        s = self.spec
+        if h.shape[1:] != (s.lookback, len(s.indicators)):
+            raise ValueError(
+                f"history must be [{s.lookback}, {len(s.indicators)}] per series, got {h.shape[1:]}"
+            )
+        offsets = np.arange(-s.lookback + 1, s.lead_time + s.horizon + 1, dtype=np.int64) * int(
+            s.frequency.value
+        )
+        cal = calendar_features(t[:, None] + offsets[None, :])
+        self.model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.sample(torch.from_numpy(h), torch.from_numpy(cal), n).numpy()
+        return out[0] if single else out
+
+    # --- persistence -----------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.state_dict().items()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(tensors)
+        self.model.eval()
+
+
+def checkpoint_path(directory: str | Path) -> Path | None:
+    """The `last.ckpt` of an interrupted run, if any."""
+    p = Path(directory) / "last.ckpt"
+    return p if p.exists() else None
