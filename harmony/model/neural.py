@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harmony.data.trace import Trace
 from harmony.data.windows import Part, Split, WindowDataset, WindowSpec
@@ -148,6 +149,36 @@ class ForecastModule(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
+class EpochSeededSampler(Sampler[int]):
+    """Shuffles with seed + epoch: a run resumed from a checkpoint sees the same batches as one that never
+    stopped (Lightning calls set_epoch on the sampler at every epoch)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _EpochSeed(pl.Callback):
+    """Re-seeds torch at each epoch start so dropout draws do not depend on what ran before a resume."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        torch.manual_seed(self.seed * 100_003 + trainer.current_epoch)
+
+
 class _History(pl.Callback):
     def __init__(self) -> None:
         self.train: list[float] = []
@@ -220,9 +251,15 @@ class NeuralForecaster(Forecaster):
                 f"no training windows: each series needs {self.window_spec().span} points without gaps "
                 "in its training part"
             )
-        gen = torch.Generator().manual_seed(int(hp["seed"]))
+        seed = int(hp["seed"])
         train_dl = DataLoader(
-            train, batch_size=int(hp["batch_size"]), shuffle=True, generator=gen, num_workers=0
+            train,
+            batch_size=int(hp["batch_size"]),
+            sampler=EpochSeededSampler(len(train), seed),
+            num_workers=0,
+            # Its own generator: creating the iterator must not draw from the global RNG (dropout's),
+            # which a resumed run would otherwise see in a different order.
+            generator=torch.Generator().manual_seed(seed),
         )
         val_dl = (
             DataLoader(val, batch_size=int(hp["batch_size"]) * 2, shuffle=False, num_workers=0)
@@ -231,7 +268,7 @@ class NeuralForecaster(Forecaster):
         )
         module = ForecastModule(self.model, float(hp["lr"]), float(hp["weight_decay"]))
         history = _History()
-        callbacks: list[pl.Callback] = [history, *options.get("callbacks", [])]
+        callbacks: list[pl.Callback] = [history, _EpochSeed(seed), *options.get("callbacks", [])]
         ckpt_dir = options.get("checkpoint_dir")
         checkpoint = None
         monitor = "val_loss" if val_dl is not None else "train_loss"
