@@ -112,6 +112,9 @@ class NormalizedNet(nn.Module):
         super().__init__()
         self.net = net
         self.norm = norm
+        # Lower bound of each target's support: 0 for indicators never negative in training (rates,
+        # utilisations, bytes), -inf otherwise. Draws are projected onto it.
+        self.register_buffer("lower", torch.full((len(norm.target_index),), float("-inf")))
 
     def loss(self, past: torch.Tensor, cal: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
         mu, sd = self.norm.stats(past)
@@ -121,7 +124,9 @@ class NormalizedNet(nn.Module):
     def sample(self, past: torch.Tensor, cal: torch.Tensor, n: int) -> torch.Tensor:
         mu, sd = self.norm.stats(past)
         draws = self.net.sample((past - mu) / sd, cal, n)  # [B, n, H, T]
-        return draws * self.norm.targets(sd).unsqueeze(1) + self.norm.targets(mu).unsqueeze(1)
+        out = draws * self.norm.targets(sd).unsqueeze(1) + self.norm.targets(mu).unsqueeze(1)
+        lower: torch.Tensor = self.lower  # type: ignore[assignment]
+        return torch.maximum(out, lower)
 
 
 class ForecastModule(pl.LightningModule):
@@ -236,6 +241,9 @@ class NeuralForecaster(Forecaster):
         spread = np.nanstd(train, axis=0)
         floor = np.maximum(0.05 * np.nan_to_num(spread), 1e-6)
         self.model.norm.floor.copy_(torch.as_tensor(floor, dtype=torch.float32))  # type: ignore[operator]
+        lowest = np.nanmin(train[:, self.spec.target_index], axis=0)
+        lower = np.where(lowest >= 0, 0.0, -np.inf)
+        self.model.lower.copy_(torch.as_tensor(lower, dtype=torch.float32))  # type: ignore[operator]
 
     # --- training --------------------------------------------------------------------------------------
     def fit(self, trace: Trace, split: Split, **options: Any) -> FitReport:
