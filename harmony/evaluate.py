@@ -1,0 +1,130 @@
+"""Evaluate forecasters on the test part of a split, side by side, with the metrics of harmony.metrics.
+
+Protocol: test windows (whole target inside the test part) of every series, evenly subsampled to at
+most `max_windows` per series; `n_samples` draws per window from every model. Metrics are computed per
+(series, target indicator) over all its windows and horizon steps. Because indicators have different
+units, models are compared by ratios to the baseline (seasonal naive) per (series, target), aggregated by
+the geometric mean; coverage is averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harmony import metrics
+from harmony.data.trace import Trace
+from harmony.data.windows import Split, WindowDataset, WindowSpec
+from harmony.model.base import Forecaster, ForecastSpec
+
+RATIO_METRICS = ("crps", "wql", "mase", "energy")
+COVERAGE = ("coverage_50", "coverage_80", "coverage_90", "coverage_98")
+
+
+@dataclass
+class TestWindows:
+    """Per series: histories [W, L, N], last times [W] (ns), targets [W, H, T], training history [n, T]."""
+
+    series: list[str]
+    history: dict[str, np.ndarray]
+    last_time: dict[str, np.ndarray]
+    actual: dict[str, np.ndarray]
+    train: dict[str, np.ndarray]
+
+
+def collect_test_windows(trace: Trace, split: Split, spec: ForecastSpec, max_windows: int) -> TestWindows:
+    ws = WindowSpec(lookback=spec.lookback, horizon=spec.horizon, lead_time=spec.lead_time)
+    ds = WindowDataset(trace, split, "test", ws, indicators=list(spec.indicators))
+    tidx = spec.target_index
+    out = TestWindows([], {}, {}, {}, {})
+    for k, sid in enumerate(ds.series_ids):
+        rows = np.flatnonzero(ds.index[:, 0] == k)
+        if rows.size == 0:
+            continue
+        if rows.size > max_windows:
+            rows = rows[np.linspace(0, rows.size - 1, max_windows).astype(np.int64)]
+        pairs = [ds[int(r)] for r in rows]
+        times = pd.DatetimeIndex(trace[sid].index).asi8
+        a = split.boundaries[sid][0]
+        out.series.append(sid)
+        out.history[sid] = np.stack([p for p, _ in pairs])
+        out.actual[sid] = np.stack([f[:, tidx] for _, f in pairs])
+        out.last_time[sid] = times[ds.index[rows, 1]]
+        out.train[sid] = trace[sid][list(spec.targets)].to_numpy(np.float64)[:a]
+    return out
+
+
+@dataclass
+class Evaluation:
+    per_series: pd.DataFrame  # index (model, series, target); metric columns
+    summary: pd.DataFrame  # index model; relative metrics (geometric means) and mean coverage
+    baseline: str
+
+
+def evaluate(
+    trace: Trace,
+    split: Split,
+    models: dict[str, Forecaster],
+    *,
+    baseline: str = "seasonal_naive",
+    n_samples: int = 100,
+    max_windows: int = 200,
+    season: int | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    if not models:
+        raise ValueError("no models to evaluate")
+    specs = {m.spec for m in models.values()}
+    if len(specs) != 1:
+        raise ValueError("all models must share one ForecastSpec (same indicators, targets and geometry)")
+    spec = next(iter(specs))
+    windows = collect_test_windows(trace, split, spec, max_windows)
+    if not windows.series:
+        raise ValueError("the test part has no complete window; use a shorter lookback/horizon or more data")
+    if season is None:
+        season = max(1, round(86_400 / spec.frequency_s))
+    rows: list[dict[str, Any]] = []
+    for name, model in models.items():
+        for sid in windows.series:
+            draws = model.sample(windows.history[sid], n_samples, windows.last_time[sid], seed=seed)
+            # [W, S, H, T] -> per target: samples [S, W, H], actual [W, H]
+            for j, target in enumerate(spec.targets):
+                s = np.moveaxis(draws[..., j], 1, 0)
+                y = windows.actual[sid][..., j]
+                hist = windows.train[sid][:, j]
+                hist = hist[~np.isnan(hist)]
+                # MASE scales every horizon step by the series' own in-sample seasonal error.
+                scale_hist = np.repeat(hist[:, None], y.shape[1], axis=1) if hist.size > season + 1 else None
+                try:
+                    m = metrics.summarize(s, y, history=scale_hist, season=season)
+                except ValueError:  # a constant training history has no MASE scale: leave MASE out
+                    m = metrics.summarize(s, y, season=season)
+                rows.append({"model": name, "series": sid, "target": target, **m})
+    per = pd.DataFrame(rows).set_index(["model", "series", "target"]).sort_index()
+    return Evaluation(per, summarize_relative(per, baseline), baseline)
+
+
+def summarize_relative(per: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Per model: geometric mean over (series, target) of each metric relative to the baseline, the
+    mean absolute metrics, and mean coverage."""
+    models = list(dict.fromkeys(per.index.get_level_values("model")))
+    out: list[dict[str, Any]] = []
+    base = per.xs(baseline, level="model") if baseline in models else None
+    for name in models:
+        mine = per.xs(name, level="model")
+        row: dict[str, Any] = {"model": name}
+        for metric in RATIO_METRICS:
+            if metric not in mine.columns:
+                continue
+            if base is not None and metric in base.columns:
+                ratio = (mine[metric] / base[metric]).replace([np.inf, -np.inf], np.nan).dropna()
+                ratio = ratio[ratio > 0]
+                row[f"{metric}_rel"] = metrics.geometric_mean(ratio.to_numpy()) if len(ratio) else np.nan
+        for cov in COVERAGE:
+            if cov in mine.columns:
+                row[cov] = float(mine[cov].mean())
+        out.append(row)
+    return pd.DataFrame(out).set_index("model")
