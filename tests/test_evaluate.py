@@ -48,7 +48,7 @@ def test_evaluate_two_models(data_root: Path) -> None:
     crps = metrics.crps_samples(np.moveaxis(draws[..., 0], 1, 0), w.actual["container2"][..., 0]).mean()
     assert ev.per_series.loc[("harmony", "container2", "load"), "crps"] == pytest.approx(crps)
     # Test windows' targets lie in the test part only.
-    a, b, n = split.boundaries["container2"]
+    b = split.boundaries["container2"][1]
     first_target = trace["container2"].index[b]
     assert (
         w.last_time["container2"] + (spec.lead_time + 1) * int(spec.frequency.value) >= first_target.value
