@@ -36,6 +36,7 @@ NEURAL_DEFAULTS: dict[str, Any] = {
     "train_stride": 1,
     "max_train_windows": 20_000,
     "max_val_windows": 4_000,
+    "norm_floor": 0.05,
 }
 
 
@@ -239,7 +240,7 @@ class NeuralForecaster(Forecaster):
             parts.append(trace[sid][list(self.spec.indicators)].to_numpy(np.float64)[:a])
         train = np.concatenate(parts)
         spread = np.nanstd(train, axis=0)
-        floor = np.maximum(0.05 * np.nan_to_num(spread), 1e-6)
+        floor = np.maximum(float(self.hparams["norm_floor"]) * np.nan_to_num(spread), 1e-6)
         self.model.norm.floor.copy_(torch.as_tensor(floor, dtype=torch.float32))  # type: ignore[operator]
         lowest = np.nanmin(train[:, self.spec.target_index], axis=0)
         lower = np.where(lowest >= 0, 0.0, -np.inf)
