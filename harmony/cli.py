@@ -115,6 +115,39 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from harmony.config import load_config
+    from harmony.train import train
+
+    config = load_config(args.config, args.set or [])
+    result = train(config, resume=args.resume, register=args.register)
+    if not result.primary:  # an extra DDP process: the primary one reports
+        return 0
+    m = result.metrics
+    print()
+    print(f"run        {result.run_id}{' (resumed)' if result.resumed else ''}")
+    print(f"  tracking {result.tracking_uri}  (browse: mlflow ui --backend-store-uri {result.tracking_uri})")
+    print(f"  artifacts {result.artifact_uri}")
+    print(f"model      {result.model_uri}  (mlflow.pyfunc.load_model)")
+    if result.registered:
+        name, version = result.registered
+        print(f"  registered as models:/{name}/{version}")
+    print(f"  forecaster folder {result.forecaster_dir}  (Forecaster.load)")
+    for name, path in result.plots.items():
+        print(f"plot       {name}: {path}")
+    print(f"state      {result.output_dir}  (checkpoints, state.json)")
+    fit = result.fit
+    val = f"{fit.best_val_loss:.4f} at epoch {fit.best_epoch}" if fit.best_val_loss is not None else "-"
+    print(f"fit        {fit.epochs} epochs in {fit.seconds:.1f}s, best val_loss {val}")
+    scores = ", ".join(
+        f"{k.removeprefix('test/')} {m[k]:.4g}"
+        for k in ("test/crps", "test/wql", "test/mase", "test/coverage_50", "test/coverage_90")
+        if k in m
+    )
+    print(f"test       {scores}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harmony",
@@ -181,6 +214,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone", default="UTC", help="zone of timestamps without an offset (default: UTC)")
     p.add_argument("--freq", metavar="STEP", help="sampling step (default: the median step in the file)")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser(
+        "train",
+        help="train a forecaster from a YAML config and record the run in MLflow",
+        description="Train the forecaster a config describes, evaluate it on the test split and log "
+        "everything to MLflow: params, per-epoch losses, test metrics, the model (a pickle-free folder and "
+        "a pyfunc model), a fan chart and a calibration chart. The store is $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db in the working directory. Checkpoints and run state go to "
+        "tracking.output_dir (default runs/<run_name>).",
+        epilog="Examples: harmony train --config configs/fisher_containers.yaml --set trainer.max_epochs=5 "
+        "model.hparams.d_model=32;  on GPUs: --set trainer.accelerator=gpu trainer.devices=2 "
+        "trainer.strategy=ddp;  after a crash: the same command with --resume.",
+    )
+    p.add_argument(
+        "--config", required=True, metavar="CONFIG.yaml", help="training configuration (configs/*.yaml)"
+    )
+    p.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override config keys, dotted and typed as YAML, e.g. model.lookback=72 trainer.progress=false "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--register", metavar="NAME", help="register the model as a new version of this registered model"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the killed run of this config: same MLflow run, from its last checkpoint",
+    )
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from harmony.data.catalog import load
 from harmony.data.trace import Trace
@@ -21,6 +22,10 @@ def data_root() -> Path:
         )
     return Path(root)
 
+
+# pytest runs with -n 2 on 2 cores: one torch thread per worker, or the workers' thread pools fight and
+# training slows down a hundredfold.
+torch.set_num_threads(1)
 
 _CACHE: dict[str, Trace] = {}
 

@@ -1,0 +1,741 @@
+"""Train a forecaster from a `TrainConfig` and record the run in MLflow.
+
+`train(config)` loads the trace, splits it chronologically, builds the registered forecaster, fits it with
+Lightning (an `MLFlowLogger` bound to the run logs per-epoch train_loss / val_loss), scores the test split,
+draws the fan and calibration charts, and logs to one MLflow run:
+
+    params     the configuration as dotted keys (data.*, model.*, trainer.*, ...) and the forecaster's
+               full hyper-parameters (forecaster.*)
+    metrics    train_loss, val_loss, epoch (per epoch, from Lightning); best_val_loss, best_epoch,
+               epochs_trained, fit_seconds; test/<metric> and test/<target>/<metric>
+    artifacts  config/config.yaml (resolved), config/source.yaml (the file as written),
+               data/card.yaml, data/split.csv, data/split.json, forecaster/ (Forecaster.save: JSON +
+               safetensors), plots/fan_chart.png, plots/calibration.png, evaluation/per_series.csv
+    model      an MLflow pyfunc model built from code (harmony/model/mlflow_model.py), linked to the run;
+               optionally registered as a new version of a registered model
+
+The run's local state lives in `output_dir` (default runs/<run_name>): `state.json` (MLflow run id, status,
+the configuration) and Lightning's checkpoints. `train(config, resume=True)` reopens the same MLflow run and
+continues from `checkpoints/last.ckpt`; training is seeded per epoch, so the resumed run reaches the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from harmony import __version__
+from harmony.config import TrainConfig, resolve_card_path
+from harmony.data.catalog import get_card, load
+from harmony.data.errors import DataError
+from harmony.data.spec import DatasetCard, load_card
+from harmony.data.trace import Trace
+from harmony.data.windows import Split, WindowDataset, WindowSpec, chronological_split
+from harmony.metrics import (
+    crps_samples,
+    energy_score,
+    interval_coverage,
+    mase,
+    pit,
+    summarize,
+    weighted_quantile_loss,
+)
+from harmony.model.base import FitReport, Forecaster, ForecastSpec
+from harmony.plots import FanPanel, calibration_chart, fan_chart
+
+STATE_FILE = "state.json"
+CHECKPOINTS = "checkpoints"
+FORECASTER_DIR = "forecaster"
+PLOTS_DIR = "plots"
+PYFUNC_NAME = "pyfunc_model"
+COVERAGE_CURVE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for a parameter value
+
+
+class TrainError(DataError):
+    """A training run cannot start or go on; the message says why and what to do."""
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else MLflow's embedded SQLite store `mlflow.db` in the working directory (made
+    absolute so that the state file points at the same store from anywhere)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env else f"sqlite:///{(Path.cwd() / 'mlflow.db').as_posix()}"
+
+
+# --- run state ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """What `output_dir/state.json` records so that a killed run can be found and continued."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    config: dict[str, Any]
+    status: str = "training"  # training -> fitted -> finished
+    fit: dict[str, Any] = field(default_factory=dict)
+    model_uri: str | None = None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True))
+        tmp.replace(path)  # atomic: a kill never leaves half a state file
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        try:
+            raw = json.loads(path.read_text())
+            return cls(**raw)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise TrainError(f"unreadable run state: {exc}", path=path) from None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where everything went. `primary` is False in the extra processes of a multi-process (DDP) run,
+    which only train; the run is recorded by the primary process."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    artifact_uri: str
+    output_dir: Path
+    forecaster_dir: Path
+    model_uri: str | None = None
+    registered: tuple[str, str] | None = None  # (name, version)
+    plots: dict[str, Path] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    fit: FitReport = field(default_factory=FitReport)
+    resumed: bool = False
+    primary: bool = True
+
+
+# --- data --------------------------------------------------------------------------------------------------
+
+
+def _card(config: TrainConfig) -> DatasetCard:
+    name = config.data.dataset
+    if name.endswith((".yaml", ".yml")):
+        return load_card(resolve_card_path(name, config.source))
+    return get_card(name)
+
+
+def load_data(config: TrainConfig) -> tuple[DatasetCard, Trace, Split, ForecastSpec]:
+    """The trace, its chronological split and the forecast spec a configuration asks for."""
+    d, m = config.data, config.model
+    card = _card(config)
+    trace = load(card, root=d.root, series=d.series, frequency=d.frequency)
+    split = chronological_split(trace, d.split, by=d.split_by)
+    spec = ForecastSpec.for_trace(
+        trace, lookback=m.lookback, horizon=m.horizon, lead_time=m.lead_time, targets=m.targets
+    )
+    window = WindowSpec(lookback=m.lookback, horizon=m.horizon, lead_time=m.lead_time)
+    for part in ("train", "test"):
+        n = len(WindowDataset(trace, split, part, window, indicators=list(spec.indicators)))
+        if n == 0:
+            raise TrainError(
+                f"no {part} windows: each series needs {window.span} consecutive points without gaps "
+                f"(model.lookback + model.lead_time + model.horizon) inside its {part} part; shorten the "
+                "window or change data.split",
+                path=config.source,
+            )
+    return card, trace, split, spec
+
+
+def _split_json(trace: Trace, split: Split) -> dict[str, Any]:
+    out: dict[str, Any] = {"fractions": list(split.fractions), "by": split.by, "series": {}}
+    for sid, (a, b, n) in split.boundaries.items():
+        idx = trace[sid].index
+        out["series"][sid] = {
+            part: {"points": hi - lo, "start": str(idx[lo]) if hi > lo else None}
+            for part, (lo, hi) in {"train": (0, a), "val": (a, b), "test": (b, n)}.items()
+        }
+    return out
+
+
+# --- evaluation --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """Test-split scores (mean over windows per series, then mean over series) and chart inputs."""
+
+    metrics: dict[str, float]
+    per_target: dict[str, dict[str, float]]
+    per_series: pd.DataFrame
+    pit: np.ndarray
+    coverage_curve: dict[str, dict[float, float]]
+    example: list[FanPanel]
+    example_title: str
+    n_windows: int
+
+
+def _coverage_key(level: float) -> str:
+    # The key harmony.metrics.summarize uses, so that the fallback below reports the same names.
+    return f"coverage_{round(100.0 * level, 6):g}"
+
+
+def _summary(samples: np.ndarray, y: np.ndarray, *, energy: bool = True) -> dict[str, float]:
+    """summarize(); when one metric is undefined for this series (e.g. wql of an all-zero target), the
+    others are still reported and that one is left out."""
+    try:
+        out = summarize(samples, y)
+    except ValueError:
+        out = {"crps": float(np.nanmean(crps_samples(samples, y)))}
+        with suppress(ValueError):
+            out["wql"] = weighted_quantile_loss(samples, y)
+        for level, frac in interval_coverage(samples, y).items():
+            out[_coverage_key(level)] = frac
+        if energy:
+            out["energy"] = float(np.nanmean(energy_score(samples, y)))
+    if not energy:
+        out.pop("energy", None)
+    return out
+
+
+def _mase(draws: np.ndarray, y: np.ndarray, history: np.ndarray, season: int) -> float:
+    """Mean over windows of the MASE of the median draw, each window scaled by its own lookback; windows
+    whose lookback is flat (MASE undefined) are skipped."""
+    values = []
+    for w in range(y.shape[0]):
+        try:
+            values.append(mase(np.median(draws[w], axis=0), y[w], history[w], season))
+        except ValueError:
+            continue
+    return float(np.mean(values)) if values else math.nan
+
+
+def _mean_over(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for r in rows for k in r})
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in rows if k in r and math.isfinite(r[k])]
+        if vals:
+            out[k] = float(np.mean(vals))
+    return out
+
+
+def evaluate(
+    forecaster: Forecaster,
+    trace: Trace,
+    split: Split,
+    *,
+    num_samples: int,
+    max_windows_per_series: int,
+    seed: int,
+) -> Evaluation:
+    """Score `num_samples` draws per test window, at most `max_windows_per_series` windows per series
+    chosen evenly over its test part (a bounded, deterministic cost)."""
+    spec = forecaster.spec
+    tidx = spec.target_index
+    window = WindowSpec(lookback=spec.lookback, horizon=spec.horizon, lead_time=spec.lead_time)
+    ds = WindowDataset(trace, split, "test", window, indicators=list(spec.indicators))
+    per_day = max(1, round(86_400 / spec.frequency_s))
+    # Seasonal MASE needs a full day inside the lookback; otherwise the one-step naive scale.
+    season = per_day if spec.lookback > per_day else 1
+    # Targets come in different units (bytes next to percent): the all-target scores take each target
+    # divided by its mean absolute value over the training part of all series, so that no unit dominates.
+    # One scale per target, not per series: a nearly idle series would otherwise blow its errors up.
+    train_parts = [
+        trace[sid][list(spec.targets)].to_numpy(np.float64)[: split.boundaries[sid][0]]
+        for sid in ds.series_ids
+    ]
+    scale = np.nanmean(np.abs(np.concatenate(train_parts)), axis=0)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    series_rows: list[dict[str, float]] = []
+    target_rows: dict[str, list[dict[str, float]]] = {t: [] for t in spec.targets}
+    curves: dict[str, list[dict[float, float]]] = {t: [] for t in (*spec.targets, "all")}
+    pits: list[np.ndarray] = []
+    example: list[FanPanel] = []
+    example_title = ""
+    n_windows = 0
+    for k, sid in enumerate(ds.series_ids):
+        rows = np.flatnonzero(ds.index[:, 0] == k)
+        if rows.size == 0:
+            continue
+        keep = min(rows.size, max_windows_per_series)
+        pick = rows[np.unique(np.linspace(0, rows.size - 1, keep).round().astype(np.int64))]
+        pairs = [ds[int(j)] for j in pick]
+        past = np.stack([p for p, _ in pairs])  # [W, L, N]
+        y = np.stack([f for _, f in pairs])[..., tidx].astype(np.float64)  # [W, H, T]
+        anchors = ds.index[pick, 1]
+        index = trace[sid].index
+        last = index[anchors].as_unit("ns").asi8  # sample() takes nanoseconds whatever the index unit
+        draws = forecaster.sample(past, num_samples, last, seed=seed + k).astype(np.float64)  # [W, n, H, T]
+        if not np.isfinite(draws).all():
+            raise TrainError(
+                f"the forecaster produced non-finite draws on the test windows of series {sid!r}"
+            )
+        s = draws.transpose(1, 0, 2, 3)  # [n, W, H, T]: samples first, as harmony.metrics expects
+        hist = past[..., tidx].astype(np.float64)
+        row = _summary(s / scale, y / scale)
+        row["mase"] = _mase(draws, y, hist, season)
+        row["windows"] = float(pick.size)
+        series_rows.append({"series": k, **row})
+        for j, t in enumerate(spec.targets):
+            trow = _summary(s[..., j], y[..., j], energy=False)
+            trow["mase"] = _mase(draws[..., j], y[..., j], hist[..., j], season)
+            target_rows[t].append(trow)
+            curves[t].append(interval_coverage(s[..., j], y[..., j], COVERAGE_CURVE))
+        curves["all"].append(interval_coverage(s, y, COVERAGE_CURVE))
+        pits.append(pit(s, y, rng=np.random.default_rng(seed + k)).ravel())
+        n_windows += int(pick.size)
+        if not example:
+            w = pick.size // 2
+            t0 = int(anchors[w])
+            hist_times = pd.DatetimeIndex(index[t0 - spec.lookback + 1 : t0 + 1])
+            fut_times = pd.DatetimeIndex(
+                index[t0 + spec.lead_time + 1 : t0 + spec.lead_time + spec.horizon + 1]
+            )
+            for j, t in enumerate(spec.targets):
+                example.append(
+                    FanPanel(
+                        name=t,
+                        unit=trace.indicator(t).unit,
+                        history_times=hist_times,
+                        history=hist[w, :, j],
+                        future_times=fut_times,
+                        actual=y[w, :, j],
+                        samples=draws[w, :, :, j],
+                    )
+                )
+            example_title = (
+                f"{trace.name} / {sid}: test window ending {index[t0]}, lead {spec.lead_time}, "
+                f"{num_samples} draws"
+            )
+    if not series_rows:
+        raise TrainError("no test windows to evaluate")
+    per_series = pd.DataFrame(series_rows)
+    per_series["series"] = [ds.series_ids[int(k)] for k in per_series["series"]]
+    metrics = _mean_over(
+        [{k: v for k, v in r.items() if k not in ("series", "windows")} for r in series_rows]
+    )
+    per_target = {t: _mean_over(r) for t, r in target_rows.items()}
+    curve = {
+        name: {lv: float(np.mean([c[lv] for c in cs])) for lv in COVERAGE_CURVE}
+        for name, cs in curves.items()
+        if cs
+    }
+    return Evaluation(
+        metrics=metrics,
+        per_target=per_target,
+        per_series=per_series.set_index("series"),
+        pit=np.concatenate(pits),
+        coverage_curve=curve,
+        example=example,
+        example_title=example_title,
+        n_windows=n_windows,
+    )
+
+
+# --- MLflow helpers ----------------------------------------------------------------------------------------
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage != "deleted":
+        return str(exp.experiment_id)
+    if exp is not None:
+        raise TrainError(
+            f"MLflow experiment {name!r} is deleted; restore it or choose another tracking.experiment"
+        )
+    return str(client.create_experiment(name))
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    """Log params not yet on the run (a resumed run already has them; MLflow refuses to change one)."""
+    have = client.get_run(run_id).data.params
+    todo = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in have]
+    for i in range(0, len(todo), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=todo[i : i + 100])
+
+
+def _log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+
+@contextmanager
+def _active_run(run_id: str) -> Iterator[None]:
+    """The fluent API (pyfunc.log_model) logs to the active run; make it ours, nested under a caller's
+    active run if there is one."""
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        yield
+
+
+def _rank() -> int:
+    """This process's global rank: > 0 in the extra processes Lightning launches for DDP, which re-run
+    the command and must only train."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    rank = int(getattr(rank_zero_only, "rank", 0))
+    return rank if rank else int(os.environ.get("NODE_RANK", "0") != "0")
+
+
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    # Progress bars change nothing that is computed, and the thread count only the last bits of CPU
+    # arithmetic (a run may continue on another machine); everything else must match to resume.
+    out = json.loads(json.dumps(config))
+    for key in ("progress", "num_threads"):
+        out.get("trainer", {}).pop(key, None)
+    return dict(out)
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            diffs += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            diffs.append(f"{prefix}{k}: {va!r} then, {vb!r} now")
+    return diffs
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+
+def build_forecaster(config: TrainConfig, spec: ForecastSpec) -> Forecaster:
+    import harmony.model.registry  # noqa: F401  (registers every model)
+    from harmony.model.neural import NeuralForecaster
+
+    cls = Forecaster.registered()[config.model.name]
+    hparams = dict(config.model.hparams)
+    if issubclass(cls, NeuralForecaster):
+        hparams.update(seed=config.trainer.seed, max_epochs=config.trainer.max_epochs)
+    return cls(spec, **hparams)
+
+
+def _fit(
+    forecaster: Forecaster,
+    trace: Trace,
+    split: Split,
+    config: TrainConfig,
+    *,
+    run_id: str | None,
+    uri: str,
+    checkpoints: Path,
+    resume_from: Path | None,
+) -> FitReport:
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    t = config.trainer
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    logger = MLFlowLogger(experiment_name=config.tracking.experiment, run_id=run_id, tracking_uri=uri)
+    with warnings.catch_warnings():
+        # Windows are built in memory; worker processes would only add start-up cost (see neural.py).
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+        # Losses are logged per epoch only, so the per-step logging interval does not matter.
+        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+        return forecaster.fit(
+            trace,
+            split,
+            logger=logger,
+            checkpoint_dir=str(checkpoints),
+            resume_from=str(resume_from) if resume_from is not None else None,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            strategy=t.strategy,
+            progress=t.progress,
+            max_epochs=t.max_epochs,
+        )
+
+
+def _whole_report(report: FitReport, client: MlflowClient, run_id: str, checkpoints: Path) -> FitReport:
+    """The fit report of a resumed run covers the epochs since the resume only; the whole loss curves are
+    in the MLflow run (an epoch re-run after a kill logged the same step twice: keep one), and the best
+    epoch is the one saved in best.ckpt."""
+    curves = {}
+    for key in ("train_loss", "val_loss"):
+        by_step = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+        curves[key] = [by_step[k] for k in sorted(by_step)]
+    best_epoch = report.best_epoch
+    best = checkpoints / "best.ckpt"
+    if best.exists():
+        best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
+    return dataclasses.replace(
+        report, train_loss=curves["train_loss"], val_loss=curves["val_loss"], best_epoch=best_epoch
+    )
+
+
+def train(config: TrainConfig, *, resume: bool = False, register: str | None = None) -> TrainResult:
+    """Run (or, with `resume`, continue) the training a configuration describes; see the module doc."""
+    if register is not None and not register.strip():
+        raise TrainError("the registered model name must not be empty")
+    out = config.output_dir.resolve()
+    uri = tracking_uri()
+    threads = torch.get_num_threads()
+    if config.trainer.num_threads is not None:
+        # A fixed count makes CPU results bit-identical from run to run, and one thread avoids the
+        # pathological slow-down of OpenMP threads competing with another busy process. Restored after.
+        torch.set_num_threads(config.trainer.num_threads)
+    try:
+        return _train(config, out, uri, resume=resume, register=register)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, out: Path, uri: str, *, resume: bool, register: str | None) -> TrainResult:
+    state_path = out / STATE_FILE
+    checkpoints = out / CHECKPOINTS
+    if _rank() > 0:
+        return _train_worker(config, out, uri, resume)
+
+    state = RunState.load(state_path) if state_path.exists() else None
+    if resume:
+        if state is None:
+            raise TrainError(
+                f"nothing to resume: no {STATE_FILE} (no run was started with this output_dir)", path=out
+            )
+        if state.status == "finished":
+            raise TrainError(f"run {state.run_id} already finished; nothing to resume", path=out)
+        diffs = _differences(_comparable(state.config), _comparable(config.to_dict()))
+        if diffs:
+            raise TrainError(
+                "the configuration differs from the run being resumed; resume with the same one",
+                path=config.source,
+                problems=diffs,
+            )
+        uri = state.tracking_uri  # the run lives where it was started
+        client = MlflowClient(uri)
+        try:
+            client.get_run(state.run_id)
+        except MlflowException:
+            raise TrainError(
+                f"run {state.run_id} is not in the MLflow store {uri}", path=state_path
+            ) from None
+    else:
+        if state is not None and state.status != "finished":
+            raise TrainError(
+                f"this output_dir holds the unfinished run {state.run_id}: continue it with --resume, or "
+                "start a new run under another tracking.run_name or tracking.output_dir",
+                path=out,
+            )
+        # A fresh run must not see a previous run's checkpoints: Lightning would version the new ones
+        # (best-v1.ckpt) and a later --resume would pick up stale weights.
+        for stale in (checkpoints, out / FORECASTER_DIR, out / PLOTS_DIR):
+            shutil.rmtree(stale, ignore_errors=True)
+        client = MlflowClient(uri)
+        exp_id = _experiment_id(client, config.tracking.experiment)
+        run = client.create_run(exp_id, run_name=config.run_name, tags={"harmony.version": __version__})
+        state = RunState(run.info.run_id, exp_id, uri, config.to_dict())
+        state.save(state_path)
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        return _run(config, state, client, out, resume=resume, register=register)
+    except BaseException as exc:
+        # The checkpoints and state stay: the run can be continued with --resume.
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+        with suppress(MlflowException):
+            client.set_terminated(state.run_id, status)
+        raise
+
+
+def _train_worker(config: TrainConfig, out: Path, uri: str, resume: bool) -> TrainResult:
+    """A non-primary DDP process: the same data and model, training only (Lightning's MLflow logger and
+    checkpoints act on rank 0 alone)."""
+    state = RunState.load(out / STATE_FILE)
+    _, trace, split, spec = load_data(config)
+    forecaster = build_forecaster(config, spec)
+    last = out / CHECKPOINTS / "last.ckpt"
+    report = _fit(
+        forecaster,
+        trace,
+        split,
+        config,
+        run_id=state.run_id,
+        uri=state.tracking_uri,
+        checkpoints=out / CHECKPOINTS,
+        resume_from=last if resume and last.exists() else None,
+    )
+    return TrainResult(
+        run_id=state.run_id,
+        experiment_id=state.experiment_id,
+        tracking_uri=uri,
+        artifact_uri="",
+        output_dir=out,
+        forecaster_dir=out / FORECASTER_DIR,
+        fit=report,
+        resumed=resume,
+        primary=False,
+    )
+
+
+def _run(
+    config: TrainConfig,
+    state: RunState,
+    client: MlflowClient,
+    out: Path,
+    *,
+    resume: bool,
+    register: str | None,
+) -> TrainResult:
+    run_id = state.run_id
+    uri = state.tracking_uri
+    card, trace, split, spec = load_data(config)
+    forecaster = build_forecaster(config, spec)
+
+    # -- what the run is: params, tags, configuration, dataset card and split ---------------------------
+    params = config.flat()
+    params.update({f"forecaster.{k}": json.dumps(v) for k, v in sorted(forecaster.hparams.items())})
+    params.update(
+        {
+            "spec.indicators": ",".join(spec.indicators),
+            "spec.targets": ",".join(spec.targets),
+            "spec.frequency_s": str(spec.frequency_s),
+            "data.n_series": str(len(trace.series_ids)),
+        }
+    )
+    _log_params(client, run_id, params)
+    tags = {
+        "harmony.output_dir": str(out),
+        "harmony.config_file": str(config.source) if config.source else "",
+        "harmony.overrides": " ".join(config.overrides),
+        "harmony.dataset": card.name,
+        "harmony.model": config.model.name,
+    }
+    if resume:
+        tags["harmony.resumed"] = "true"
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "config").mkdir()
+        (d / "config" / "config.yaml").write_text(config.to_yaml())
+        if config.source is not None and config.source.is_file():
+            shutil.copyfile(config.source, d / "config" / "source.yaml")
+        client.log_artifacts(run_id, str(d / "config"), "config")
+        (d / "data").mkdir()
+        if card.path is not None:
+            shutil.copyfile(card.path, d / "data" / "card.yaml")
+        split.describe(trace).to_csv(d / "data" / "split.csv")
+        (d / "data" / "split.json").write_text(json.dumps(_split_json(trace, split), indent=2))
+        client.log_artifacts(run_id, str(d / "data"), "data")
+
+    # -- fit (or, after a kill past the fit, take the saved forecaster) ----------------------------------
+    forecaster_dir = out / FORECASTER_DIR
+    if state.status == "fitted" and (forecaster_dir / "forecaster.json").exists():
+        forecaster = Forecaster.load(forecaster_dir)
+        report = FitReport(**state.fit)
+    else:
+        last = out / CHECKPOINTS / "last.ckpt"
+        report = _fit(
+            forecaster,
+            trace,
+            split,
+            config,
+            run_id=run_id,
+            uri=uri,
+            checkpoints=out / CHECKPOINTS,
+            resume_from=last if resume and last.exists() else None,
+        )
+        if resume:
+            report = _whole_report(report, client, run_id, out / CHECKPOINTS)
+        forecaster.save(forecaster_dir)
+        state.status = "fitted"
+        state.fit = dataclasses.asdict(report)
+        state.save(out / STATE_FILE)
+    client.log_artifacts(run_id, str(forecaster_dir), FORECASTER_DIR)
+    fit_metrics = {"epochs_trained": float(report.epochs), "fit_seconds": report.seconds}
+    if report.best_val_loss is not None:
+        fit_metrics["best_val_loss"] = report.best_val_loss
+    if report.best_epoch is not None:
+        fit_metrics["best_epoch"] = float(report.best_epoch)
+    _log_metrics(client, run_id, fit_metrics)
+
+    # -- test metrics and charts -------------------------------------------------------------------------
+    ev = evaluate(
+        forecaster,
+        trace,
+        split,
+        num_samples=config.evaluation.num_samples,
+        max_windows_per_series=config.evaluation.max_windows_per_series,
+        seed=config.trainer.seed,
+    )
+    metrics = {f"test/{k}": v for k, v in ev.metrics.items()}
+    for t, m in ev.per_target.items():
+        metrics.update({f"test/{t}/{k}": v for k, v in m.items()})
+    metrics["test/windows"] = float(ev.n_windows)
+    _log_metrics(client, run_id, metrics)
+    plots_dir = out / PLOTS_DIR
+    plots = {
+        "fan_chart": fan_chart(plots_dir / "fan_chart.png", ev.example, title=ev.example_title),
+        "calibration": calibration_chart(
+            plots_dir / "calibration.png",
+            ev.pit,
+            ev.coverage_curve,
+            title=f"{trace.name}: calibration on the test split ({ev.n_windows} windows)",
+        ),
+    }
+    client.log_artifacts(run_id, str(plots_dir), PLOTS_DIR)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "per_series.csv"
+        ev.per_series.to_csv(path)
+        client.log_artifact(run_id, str(path), "evaluation")
+
+    # -- the pyfunc model (from code; its state is the forecaster/ folder) and its registration ---------
+    from harmony.model import mlflow_model
+
+    with _active_run(run_id), warnings.catch_warnings():
+        # The signature is given explicitly; an input example would only repeat it.
+        warnings.filterwarnings("ignore", message=r".*input example was not provided.*")
+        info = mlflow.pyfunc.log_model(
+            name=PYFUNC_NAME,
+            python_model=mlflow_model.__file__,
+            artifacts={mlflow_model.FORECASTER_ARTIFACT: str(forecaster_dir)},
+            signature=mlflow_model.model_signature(forecaster),
+            pip_requirements=mlflow_model.pip_requirements(),
+        )
+        model_uri = str(info.model_uri)
+        client.set_tag(run_id, "harmony.pyfunc_model_uri", model_uri)
+        registered = None
+        if register is not None:
+            version = mlflow.register_model(model_uri, register)
+            registered = (register, str(version.version))
+            client.set_tag(run_id, "harmony.registered_model", f"{register}/{version.version}")
+    client.set_terminated(run_id, "FINISHED")
+    state.status = "finished"
+    state.model_uri = model_uri
+    state.save(out / STATE_FILE)
+    return TrainResult(
+        run_id=run_id,
+        experiment_id=state.experiment_id,
+        tracking_uri=uri,
+        artifact_uri=str(client.get_run(run_id).info.artifact_uri),
+        output_dir=out,
+        forecaster_dir=forecaster_dir,
+        model_uri=model_uri,
+        registered=registered,
+        plots=plots,
+        metrics=metrics,
+        fit=report,
+        resumed=resume,
+    )
