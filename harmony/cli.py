@@ -148,6 +148,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from harmony.config import load_config
+    from harmony.evaluate import compare, format_summary
+    from harmony.train import tracking_uri
+
+    config = load_config(args.config, args.set or [])
+    if config.trainer.num_threads:
+        import torch
+
+        torch.set_num_threads(config.trainer.num_threads)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    evaluation = compare(config, names, baseline=args.baseline, log=lambda s: print(s, flush=True))
+    print()
+    print(format_summary(evaluation))
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(config.tracking.experiment)
+    with mlflow.start_run(run_name=f"evaluate-{config.data.dataset}") as run:
+        mlflow.log_params(
+            {
+                "config": str(args.config),
+                "models": ",".join(names),
+                "baseline": args.baseline,
+                "overrides": " ".join(args.set or []),
+            }
+        )
+        for model, row in evaluation.summary.iterrows():
+            mlflow.log_metrics({f"{model}/{k}": float(v) for k, v in row.items() if v == v})
+        mlflow.log_text(evaluation.summary.to_csv(), "evaluation/summary.csv")
+        mlflow.log_text(evaluation.per_series.to_csv(), "evaluation/per_series.csv")
+        mlflow.log_text(format_summary(evaluation), "evaluation/table.txt")
+    print(f"\nlogged to MLflow run {run.info.run_id} ({tracking_uri()})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harmony",
@@ -247,6 +283,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the killed run of this config: same MLflow run, from its last checkpoint",
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="train several models on a config's data and compare them on its test split",
+        description="Train every listed model with the config's data, window geometry and training budget, "
+        "score each on the test split (CRPS, weighted quantile loss, MASE, energy score, interval coverage), "
+        "print the table relative to the baseline (geometric mean over series and targets) and log it to "
+        "MLflow.",
+    )
+    p.add_argument("--config", required=True, metavar="CONFIG.yaml", help="a training config (configs/)")
+    p.add_argument(
+        "--models",
+        default="harmony,gaussian,flat,deepar,seasonal_naive,harmony_ref",
+        help="comma-separated registered model names (default: all)",
+    )
+    p.add_argument("--baseline", default="seasonal_naive", help="the model ratios are taken against")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -128,3 +128,75 @@ def summarize_relative(per: pd.DataFrame, baseline: str) -> pd.DataFrame:
                 row[cov] = float(mine[cov].mean())
         out.append(row)
     return pd.DataFrame(out).set_index("model")
+
+
+# --- comparison runs from a training config -----------------------------------------------------------------
+
+# Keys of a config's model.hparams that set the training budget: they apply to every compared model, so
+# that all are trained on the same windows for the same epochs. The rest apply only to the config's model.
+BUDGET_KEYS = ("max_train_windows", "max_val_windows", "batch_size", "patience", "train_stride", "lr")
+HARMONY_FAMILY = ("harmony", "gaussian", "flat")
+
+
+def compare(
+    config: Any,
+    model_names: list[str],
+    *,
+    baseline: str = "seasonal_naive",
+    log: Any = print,
+) -> Evaluation:
+    """Train every named model with a TrainConfig's data and geometry, then evaluate them side by side.
+
+    The config's hyper-parameters go to the config's own model and, for the harmony family, to its
+    ablations (so the ablations differ in exactly one thing); every model shares the training budget.
+    """
+    import time
+
+    import harmony.model.registry  # noqa: F401
+    from harmony.model.neural import NeuralForecaster
+    from harmony.train import load_data
+
+    _, trace, split, spec = load_data(config)
+    names = list(dict.fromkeys([*model_names, baseline]))
+    known = Forecaster.registered()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(known)}")
+    models: dict[str, Forecaster] = {}
+    for name in names:
+        cls = known[name]
+        hp = {k: v for k, v in config.model.hparams.items() if k in BUDGET_KEYS}
+        same_family = name in HARMONY_FAMILY and config.model.name in HARMONY_FAMILY
+        if name == config.model.name or same_family:
+            hp = dict(config.model.hparams)
+        if issubclass(cls, NeuralForecaster):
+            hp.update(seed=config.trainer.seed, max_epochs=config.trainer.max_epochs)
+        model = cls(spec, **hp)
+        t0 = time.perf_counter()
+        model.fit(trace, split)
+        log(f"trained {name} in {time.perf_counter() - t0:.1f} s")
+        models[name] = model
+    ev = config.evaluation
+    return evaluate(
+        trace,
+        split,
+        models,
+        baseline=baseline,
+        n_samples=ev.num_samples,
+        max_windows=ev.max_windows_per_series,
+        seed=config.trainer.seed,
+    )
+
+
+def format_summary(evaluation: Evaluation) -> str:
+    from harmony.data.summary import render_table
+
+    table = evaluation.summary.copy()
+    per_target = evaluation.per_series.groupby(["model", "target"])["crps"].mean().unstack("target")
+    per_target.columns = [f"crps[{c}]" for c in per_target.columns]
+    return (
+        f"relative to {evaluation.baseline} (geometric mean over series x targets; < 1 is better)\n"
+        + render_table(table)
+        + "\n\nmean CRPS per target (original units)\n"
+        + render_table(per_target)
+    )

@@ -111,8 +111,11 @@ class HarmonyForecaster(NeuralForecaster):
             "flow_transforms": 4,
             "flow_kind": "spline",
             "flow_hidden": 64,
-            **cls.network_options,
         }
+
+    @classmethod
+    def fixed_hparams(cls) -> dict[str, Any]:
+        return dict(cls.network_options)
 
     def build_network(self) -> ProbabilisticNetwork:
         hp = self.hparams

@@ -205,7 +205,7 @@ class NeuralForecaster(Forecaster):
     """Owns preprocessing, training (Lightning), sampling and saving for a network."""
 
     def __init__(self, spec: ForecastSpec, **hparams: Any) -> None:
-        merged = {**NEURAL_DEFAULTS, **self.default_hparams(), **hparams}
+        merged = {**NEURAL_DEFAULTS, **self.default_hparams(), **hparams, **self.fixed_hparams()}
         super().__init__(spec, **merged)
         torch.manual_seed(int(self.hparams["seed"]))
         self.model = NormalizedNet(
@@ -214,6 +214,11 @@ class NeuralForecaster(Forecaster):
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def fixed_hparams(cls) -> dict[str, Any]:
+        """Settings that define the model (e.g. an ablation's): they win over anything passed in."""
         return {}
 
     @abstractmethod

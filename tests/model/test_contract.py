@@ -74,3 +74,10 @@ def test_load_rejects_bad_folders(tmp_path: Path) -> None:
     (tmp_path / "forecaster.json").write_text('{"model": "nope", "format_version": 1}')
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         Forecaster.load(tmp_path)
+
+
+def test_an_ablation_keeps_its_defining_setting(fisher: tuple[Trace, Split, ForecastSpec]) -> None:
+    _, _, spec = fisher
+    gaussian = Forecaster.registered()["gaussian"](spec, flow_transforms=4, **SMALL)
+    assert gaussian.hparams["flow_transforms"] == 0  # a shared config cannot turn the flow back on
+    assert Forecaster.registered()["harmony"](spec, flow_transforms=3, **SMALL).hparams["flow_transforms"] == 3
