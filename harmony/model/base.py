@@ -217,15 +217,18 @@ class Forecaster(ABC):
 
 
 def as_batch(
-    history: np.ndarray, last_time: np.ndarray | pd.Timestamp | None
+    history: np.ndarray, last_time: np.ndarray | pd.Timestamp | None, spec: ForecastSpec
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Normalise `sample` arguments to ([B, L, N] float32, [B] int64 ns, was_single)."""
+    """Check and normalise `sample` arguments to ([B, L, N] float32, [B] int64 ns, was_single)."""
     h = np.asarray(history, dtype=np.float32)
     single = h.ndim == 2
     if single:
         h = h[None]
-    if h.ndim != 3:
-        raise ValueError(f"history must be [L, N] or [B, L, N], got shape {h.shape}")
+    if h.ndim != 3 or h.shape[1:] != (spec.lookback, len(spec.indicators)):
+        raise ValueError(
+            f"history must be [{spec.lookback}, {len(spec.indicators)}] (lookback x indicators) per series, "
+            f"got shape {h.shape}"
+        )
     if last_time is None:
         t = np.zeros(h.shape[0], dtype=np.int64)
     elif isinstance(last_time, pd.Timestamp):

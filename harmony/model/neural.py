@@ -340,12 +340,8 @@ class NeuralForecaster(Forecaster):
         *,
         seed: int | None = None,
     ) -> np.ndarray:
-        h, t, single = as_batch(history, last_time)
+        h, t, single = as_batch(history, last_time, self.spec)
         s = self.spec
-        if h.shape[1:] != (s.lookback, len(s.indicators)):
-            raise ValueError(
-                f"history must be [{s.lookback}, {len(s.indicators)}] per series, got {h.shape[1:]}"
-            )
         offsets = np.arange(-s.lookback + 1, s.lead_time + s.horizon + 1, dtype=np.int64) * int(
             s.frequency.value
         )

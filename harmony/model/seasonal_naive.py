@@ -121,12 +121,8 @@ class SeasonalNaiveForecaster(Forecaster):
         *,
         seed: int | None = None,
     ) -> np.ndarray:
-        h, _, single = as_batch(history, last_time)
+        h, _, single = as_batch(history, last_time, self.spec)
         s = self.spec
-        if h.shape[1:] != (s.lookback, len(s.indicators)):
-            raise ValueError(
-                f"history must be [{s.lookback}, {len(s.indicators)}] per series, got {h.shape[1:]}"
-            )
         point = self.point(h)  # [B, H, T]
         rng = np.random.default_rng(seed)
         # Batch outermost in one sequential stream: a series' draws do not depend on the rest of the batch.
