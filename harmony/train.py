@@ -51,6 +51,7 @@ from harmony.data.errors import DataError
 from harmony.data.spec import DatasetCard, load_card
 from harmony.data.trace import Trace
 from harmony.data.windows import Split, WindowDataset, WindowSpec, chronological_split
+from harmony.evaluate import collect_test_windows
 from harmony.metrics import (
     crps_samples,
     energy_score,
@@ -251,8 +252,7 @@ def evaluate(
     chosen evenly over its test part (a bounded, deterministic cost)."""
     spec = forecaster.spec
     tidx = spec.target_index
-    window = WindowSpec(lookback=spec.lookback, horizon=spec.horizon, lead_time=spec.lead_time)
-    ds = WindowDataset(trace, split, "test", window, indicators=list(spec.indicators))
+    windows = collect_test_windows(trace, split, spec, max_windows_per_series)
     per_day = max(1, round(86_400 / spec.frequency_s))
     # Seasonal MASE needs a full day inside the lookback; otherwise the one-step naive scale.
     season = per_day if spec.lookback > per_day else 1
@@ -261,7 +261,7 @@ def evaluate(
     # One scale per target, not per series: a nearly idle series would otherwise blow its errors up.
     train_parts = [
         trace[sid][list(spec.targets)].to_numpy(np.float64)[: split.boundaries[sid][0]]
-        for sid in ds.series_ids
+        for sid in windows.series
     ]
     scale = np.nanmean(np.abs(np.concatenate(train_parts)), axis=0)
     scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
@@ -272,18 +272,12 @@ def evaluate(
     example: list[FanPanel] = []
     example_title = ""
     n_windows = 0
-    for k, sid in enumerate(ds.series_ids):
-        rows = np.flatnonzero(ds.index[:, 0] == k)
-        if rows.size == 0:
-            continue
-        keep = min(rows.size, max_windows_per_series)
-        pick = rows[np.unique(np.linspace(0, rows.size - 1, keep).round().astype(np.int64))]
-        pairs = [ds[int(j)] for j in pick]
-        past = np.stack([p for p, _ in pairs])  # [W, L, N]
-        y = np.stack([f for _, f in pairs])[..., tidx].astype(np.float64)  # [W, H, T]
-        anchors = ds.index[pick, 1]
+    for k, sid in enumerate(windows.series):
+        past = windows.history[sid]  # [W, L, N]
+        y = windows.actual[sid].astype(np.float64)  # [W, H, T]
+        anchors = windows.anchors[sid]
         index = trace[sid].index
-        last = index[anchors].as_unit("ns").asi8  # sample() takes nanoseconds whatever the index unit
+        last = windows.last_time[sid]
         draws = forecaster.sample(past, num_samples, last, seed=seed + k).astype(np.float64)  # [W, n, H, T]
         if not np.isfinite(draws).all():
             raise TrainError(
@@ -293,7 +287,7 @@ def evaluate(
         hist = past[..., tidx].astype(np.float64)
         row = _summary(s / scale, y / scale)
         row["mase"] = _mase(draws, y, hist, season)
-        row["windows"] = float(pick.size)
+        row["windows"] = float(anchors.size)
         series_rows.append({"series": k, **row})
         for j, t in enumerate(spec.targets):
             trow = _summary(s[..., j], y[..., j], energy=False)
@@ -302,9 +296,9 @@ def evaluate(
             curves[t].append(interval_coverage(s[..., j], y[..., j], COVERAGE_CURVE))
         curves["all"].append(interval_coverage(s, y, COVERAGE_CURVE))
         pits.append(pit(s, y, rng=np.random.default_rng(seed + k)).ravel())
-        n_windows += int(pick.size)
+        n_windows += int(anchors.size)
         if not example:
-            w = pick.size // 2
+            w = anchors.size // 2
             t0 = int(anchors[w])
             hist_times = pd.DatetimeIndex(index[t0 - spec.lookback + 1 : t0 + 1])
             fut_times = pd.DatetimeIndex(
@@ -329,7 +323,7 @@ def evaluate(
     if not series_rows:
         raise TrainError("no test windows to evaluate")
     per_series = pd.DataFrame(series_rows)
-    per_series["series"] = [ds.series_ids[int(k)] for k in per_series["series"]]
+    per_series["series"] = [windows.series[int(k)] for k in per_series["series"]]
     metrics = _mean_over(
         [{k: v for k, v in r.items() if k not in ("series", "windows")} for r in series_rows]
     )
