@@ -34,6 +34,9 @@ def test_console_script_is_installed() -> None:
         ["datasets", "show"],
         ["datasets", "fetch"],
         ["datasets", "check"],
+        ["train"],
+        ["evaluate"],
+        ["backtest"],
     ],
 )
 def test_help_on_every_command(args: list[str]) -> None:
