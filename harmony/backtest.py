@@ -53,10 +53,10 @@ from harmony.config import (
     TrainConfig,
     _build,
     _Context,
-    _Loader,
     apply_overrides,
     config_from_dict,
     load_config,
+    read_yaml,
     resolve_card_path,
 )
 from harmony.data.errors import DataError
@@ -312,24 +312,6 @@ class BacktestConfig:
         return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError("configuration file not found", path=path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the configuration: {exc.strerror}", path=path) from None
-    try:
-        raw = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", path=path) from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"expected a mapping of sections, got {type(raw).__name__}", path=path)
-    return raw
-
-
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """`over` on top of `base`, section by section and key by key (a value replaces, a mapping merges)."""
     out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in base.items()}
@@ -357,7 +339,7 @@ def load_backtest_config(path: str | Path, overrides: Sequence[str] = ()) -> Bac
     the file and the dotted key (the base file's own errors name the base file).
     """
     p = Path(path)
-    raw = _read_yaml(p)
+    raw = read_yaml(p)
     for k in raw:
         if k not in TOP_LEVEL:
             close = difflib.get_close_matches(str(k), TOP_LEVEL, n=1)
@@ -370,7 +352,7 @@ def load_backtest_config(path: str | Path, overrides: Sequence[str] = ()) -> Bac
             raise ConfigError(f"base: expected the path of a training config, got {raw['base']!r}", path=p)
         base_path = _resolve(raw["base"], p)
         load_config(base_path)  # the base must be valid on its own; its errors name it
-        base_raw = _read_yaml(base_path)
+        base_raw = read_yaml(base_path)
         # A card path in the base is relative to the base's folder: pin it before this file's folder counts.
         dataset = base_raw.get("data", {}).get("dataset") if isinstance(base_raw.get("data"), dict) else None
         if isinstance(dataset, str) and dataset.endswith((".yaml", ".yml")):

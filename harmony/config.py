@@ -488,23 +488,27 @@ def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: copy(v) for k, v in raw.items()}
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML training configuration and apply `--set a.b=value` overrides (values typed as YAML)."""
-    p = Path(path)
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A configuration file's top-level mapping (empty for an empty file); errors name the file."""
     try:
-        text = p.read_text()
+        text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError("configuration file not found", path=p) from None
+        raise ConfigError("configuration file not found", path=path) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read the configuration: {exc.strerror}", path=p) from None
+        raise ConfigError(f"cannot read the configuration: {exc.strerror}", path=path) from None
     try:
         raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", path=p) from None
+        raise ConfigError(f"not valid YAML: {exc}", path=path) from None
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
-        raise ConfigError(
-            f"expected a mapping of sections (data, model, ...), got {type(raw).__name__}", path=p
-        )
+        raise ConfigError(f"expected a mapping of sections, got {type(raw).__name__}", path=path)
+    return raw
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML training configuration and apply `--set a.b=value` overrides (values typed as YAML)."""
+    p = Path(path)
+    raw = read_yaml(p)
     return config_from_dict(raw, source=p, overrides=overrides)
