@@ -48,12 +48,12 @@ import yaml
 from numpy.typing import NDArray
 
 from harmony.config import (
-    _RUN_NAME,
+    RUN_NAME_PATTERN,
+    ConfigContext,
     ConfigError,
     TrainConfig,
-    _build,
-    _Context,
     apply_overrides,
+    build_section,
     config_from_dict,
     load_config,
     read_yaml,
@@ -370,9 +370,9 @@ def load_backtest_config(path: str | Path, overrides: Sequence[str] = ()) -> Bac
     bad = [k for k in own if k not in BACKTEST_SECTIONS]
     if bad:
         raise ConfigError(f"--set {bad[0]}: unknown section; known sections: {', '.join(TOP_LEVEL)}", path=p)
-    ctx = _Context(p, applied)
+    ctx = ConfigContext(p, applied)
     policies = _build_policies(own.pop("policies", None), ctx)
-    sections: _BacktestSections = _build(_BacktestSections, own, "", ctx)
+    sections: _BacktestSections = build_section(_BacktestSections, own, "", ctx)
     sections = dataclasses.replace(sections, policies=policies)
     cfg = BacktestConfig(
         train=train,
@@ -394,7 +394,7 @@ _SWEEPS: dict[str, type[Any]] = {
 }
 
 
-def _build_policies(raw: Any, ctx: _Context) -> PoliciesConfig:
+def _build_policies(raw: Any, ctx: ConfigContext) -> PoliciesConfig:
     """`policies:` entry by entry (null or false leaves a policy out), so that errors name the inner key."""
     if raw is None:
         return PoliciesConfig()
@@ -416,7 +416,7 @@ def _build_policies(raw: Any, ctx: _Context) -> PoliciesConfig:
         elif entry is True:
             values[name] = _SWEEPS[name]()
         elif isinstance(entry, Mapping):
-            values[name] = _build(_SWEEPS[name], entry, key, ctx)
+            values[name] = build_section(_SWEEPS[name], entry, key, ctx)
         else:
             raise ctx.error(
                 key, f"expected a mapping of knob settings, or null to leave it out, got {entry!r}"
@@ -434,7 +434,7 @@ def _card_of(train: TrainConfig) -> DatasetCard:
     return get_card(name)
 
 
-def _check(cfg: BacktestConfig, ctx: _Context) -> None:
+def _check(cfg: BacktestConfig, ctx: ConfigContext) -> None:
     def need(ok: bool, key: str, message: str) -> None:
         if not ok:
             raise ctx.error(key, message)
@@ -559,7 +559,7 @@ def _check(cfg: BacktestConfig, ctx: _Context) -> None:
 
     need(bool(rep.experiment), "report.experiment", "expected a non-empty MLflow experiment name")
     need(
-        rep.run_name is None or bool(_RUN_NAME.match(rep.run_name)),
+        rep.run_name is None or bool(RUN_NAME_PATTERN.match(rep.run_name)),
         "report.run_name",
         f"expected letters, digits, '_', '.', '-' (it names a folder), got {rep.run_name!r}",
     )
@@ -1228,7 +1228,7 @@ def _trained_forecaster(cfg: BacktestConfig, say: Callable[[str], None]) -> tupl
     """Train the configured model (a logged harmony.train run), or reuse the one trained for the same
     configuration in this backtest's output folder."""
     from harmony.config import TrackingConfig
-    from harmony.train import STATE_FILE, RunState, _comparable, train
+    from harmony.train import STATE_FILE, RunState, comparable_config, train
 
     folder = (cfg.output_dir / "model").resolve()
     train_cfg = dataclasses.replace(
@@ -1243,7 +1243,7 @@ def _trained_forecaster(cfg: BacktestConfig, say: Callable[[str], None]) -> tupl
         cfg.forecaster.reuse
         and state is not None
         and state.status == "finished"
-        and _comparable(state.config) == _comparable(train_cfg.to_dict())
+        and comparable_config(state.config) == comparable_config(train_cfg.to_dict())
         and (folder / "forecaster" / "forecaster.json").exists()
     ):
         say(f"model: reusing {folder / 'forecaster'} (MLflow run {state.run_id}, same configuration)")

@@ -31,7 +31,8 @@ DEFAULT_SPLIT: tuple[float, float, float] = (0.7, 0.1, 0.2)
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "hpu", "auto")
 # Hyper-parameters that the trainer section owns: one place to set them, so a run cannot say two things.
 TRAINER_OWNED_HPARAMS = {"seed": "trainer.seed", "max_epochs": "trainer.max_epochs"}
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# What a run name may be: it names a folder and an MLflow run (training and backtest configs share it).
+RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ConfigError(DataError):
@@ -164,8 +165,13 @@ def parse_value(text: str) -> Any:
 # --- validation --------------------------------------------------------------------------------------------
 
 
-class _Context:
-    """The file being read and the `--set` overrides, to name both in every error."""
+class ConfigContext:
+    """The file being read and the `--set` overrides, to name both in every error.
+
+    Shared by every reader of configuration files (training here, the backtest in harmony.backtest), so
+    their errors read the same: `ctx.error("a.b", "expected ...")` is a ConfigError naming the file, the
+    dotted key and the `--set` that produced it.
+    """
 
     def __init__(self, path: Path | None, overrides: Mapping[str, str]) -> None:
         self.path = path
@@ -214,7 +220,7 @@ def _got(value: Any) -> str:
     return f"got {value!r} ({kind})"
 
 
-def _coerce(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
+def _coerce(value: Any, tp: Any, key: str, ctx: ConfigContext) -> Any:
     """The value as type `tp`, or a ConfigError naming `key`."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -232,7 +238,7 @@ def _coerce(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, Mapping):
             raise ctx.error(key, f"expected a mapping of {tp.__name__} keys, {_got(value)}")
-        return _build(tp, value, key, ctx)
+        return build_section(tp, value, key, ctx)
     ok = True
     out = value
     if tp is type(None):
@@ -273,7 +279,13 @@ def _coerce(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
     return out
 
 
-def _build(cls: type[Any], raw: Mapping[str, Any], where: str, ctx: _Context) -> Any:
+def build_section(cls: type[Any], raw: Mapping[str, Any], where: str, ctx: ConfigContext) -> Any:
+    """The dataclass `cls` built from the mapping `raw` found at dotted key `where` ("" at the top level).
+
+    Every key must be a field of `cls` (an unknown key is an error that suggests the closest one), every
+    value is checked against the field's type (nested dataclasses are built the same way), and fields
+    without a default must be there. Errors are ConfigErrors from `ctx`.
+    """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("source", "overrides")}
     prefix = f"{where}." if where else ""
@@ -298,7 +310,7 @@ def _build(cls: type[Any], raw: Mapping[str, Any], where: str, ctx: _Context) ->
 # --- semantic checks ---------------------------------------------------------------------------------------
 
 
-def _check(cfg: TrainConfig, ctx: _Context) -> None:
+def _check(cfg: TrainConfig, ctx: ConfigContext) -> None:
     from harmony.data.spec import parse_frequency
 
     d, m, t, tr, ev = cfg.data, cfg.model, cfg.trainer, cfg.tracking, cfg.evaluation
@@ -363,7 +375,7 @@ def _check(cfg: TrainConfig, ctx: _Context) -> None:
 
     if not tr.experiment:
         raise ctx.error("tracking.experiment", "expected a non-empty experiment name")
-    if tr.run_name is not None and not _RUN_NAME.match(tr.run_name):
+    if tr.run_name is not None and not RUN_NAME_PATTERN.match(tr.run_name):
         raise ctx.error(
             "tracking.run_name",
             f"expected letters, digits, '_', '.', '-' (it names a folder), got {tr.run_name!r}",
@@ -376,7 +388,7 @@ def _check(cfg: TrainConfig, ctx: _Context) -> None:
         )
 
 
-def _card_indicators(cfg: TrainConfig, ctx: _Context) -> list[str]:
+def _card_indicators(cfg: TrainConfig, ctx: ConfigContext) -> list[str]:
     """The dataset's indicator names; the dataset (a card name or a card file) must exist."""
     from harmony.data.catalog import get_card
     from harmony.data.spec import load_card
@@ -403,7 +415,7 @@ def resolve_card_path(name: str, source: Path | None) -> Path:
     return beside if beside.exists() else p
 
 
-def _check_model(m: ModelConfig, ctx: _Context) -> None:
+def _check_model(m: ModelConfig, ctx: ConfigContext) -> None:
     import harmony.model.registry  # noqa: F401  (registers every model)
     from harmony.model.base import Forecaster
     from harmony.model.neural import NEURAL_DEFAULTS, NeuralForecaster
@@ -476,8 +488,8 @@ def config_from_dict(
     """Validate a configuration given as data (the parsed YAML); overrides are applied first."""
     data = _deep_copy(raw)
     applied = apply_overrides(data, overrides, source)
-    ctx = _Context(source, applied)
-    cfg: TrainConfig = _build(TrainConfig, data, "", ctx)
+    ctx = ConfigContext(source, applied)
+    cfg: TrainConfig = build_section(TrainConfig, data, "", ctx)
     cfg = dataclasses.replace(cfg, source=source, overrides=tuple(overrides))
     _check(cfg, ctx)
     return cfg

@@ -391,7 +391,9 @@ def _rank() -> int:
     return rank if rank else int(os.environ.get("NODE_RANK", "0") != "0")
 
 
-def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A training configuration (`TrainConfig.to_dict()`) reduced to what decides the trained model: two
+    runs whose comparable configs are equal may resume or reuse each other's model."""
     # Progress bars change nothing that is computed, and the thread count only the last bits of CPU
     # arithmetic (a run may continue on another machine); everything else must match to resume.
     out = json.loads(json.dumps(config))
@@ -510,7 +512,7 @@ def _train(config: TrainConfig, out: Path, uri: str, *, resume: bool, register: 
             )
         if state.status == "finished":
             raise TrainError(f"run {state.run_id} already finished; nothing to resume", path=out)
-        diffs = _differences(_comparable(state.config), _comparable(config.to_dict()))
+        diffs = _differences(comparable_config(state.config), comparable_config(config.to_dict()))
         if diffs:
             raise TrainError(
                 "the configuration differs from the run being resumed; resume with the same one",
