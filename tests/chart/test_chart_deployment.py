@@ -1,0 +1,158 @@
+"""The operator's Deployment, metrics Service and ServiceMonitor: hardened pod, probes, resources, the
+operator's command line and environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from chart_helpers import NAMESPACE, PROMETHEUS_URL, VALUE_CASES, Helm, Manifest, find, only, values_with
+
+
+def pod_spec(manifests: list[Manifest]) -> dict[str, Any]:
+    spec: dict[str, Any] = only(manifests, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def operator_container(manifests: list[Manifest]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = pod_spec(manifests)["containers"]
+    (container,) = containers
+    assert container["name"] == "operator"
+    return container
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_CASES))
+def test_pod_is_hardened(helm: Helm, case: str) -> None:
+    manifests = helm.template(VALUE_CASES[case])
+    assert pod_spec(manifests)["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert operator_container(manifests)["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_CASES))
+def test_probes_ports_resources_and_environment(helm: Helm, case: str) -> None:
+    manifests = helm.template(VALUE_CASES[case])
+    container = operator_container(manifests)
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+    ]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert container["resources"]["requests"] == {"cpu": "200m", "memory": "768Mi"}
+    assert container["resources"]["limits"] == {"memory": "2Gi"}
+    env = container["env"]
+    assert env[:2] == [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    # The only writable place on a read-only root filesystem.
+    assert container["volumeMounts"][0] == {"name": "tmp", "mountPath": "/tmp"}
+    assert pod_spec(manifests)["volumes"][0] == {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}
+
+
+def test_default_command_line_and_image(helm: Helm) -> None:
+    container = operator_container(helm.template(values_with()))
+    assert container["image"] == "harmony-operator:0.1.0"  # the chart's appVersion
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert "command" not in container  # the image's ENTRYPOINT: python -m harmony_operator
+    assert container["args"] == [
+        f"--prometheus-url={PROMETHEUS_URL}",
+        "--all-namespaces",
+        "--metrics-port=9090",
+        "--health-port=8080",
+        "--lease-name=harmony-operator",
+        f"--lease-namespace={NAMESPACE}",
+        "--log-format=json",
+    ]
+    assert "envFrom" not in container
+    assert [e["name"] for e in container["env"]] == ["POD_NAMESPACE", "HOME"]
+
+
+def test_ports_log_format_and_verbosity_are_values(helm: Helm) -> None:
+    manifests = helm.template(values_with(
+        metrics={"port": 9100, "service": {"port": 8443}}, health={"port": 8081}, logFormat="plain", verbose=True
+    ))
+    container = operator_container(manifests)
+    assert container["args"][2:4] == ["--metrics-port=9100", "--health-port=8081"]
+    assert container["args"][-2:] == ["--log-format=plain", "--verbose"]
+    assert [p["containerPort"] for p in container["ports"]] == [9100, 8081]
+    service = only(manifests, "Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8443, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+def test_image_digest_pins_the_image(helm: Helm) -> None:
+    digest = "sha256:" + "ab" * 32
+    container = operator_container(helm.template(values_with(image={"repository": "registry.example/harmony",
+                                                                    "tag": "0.2.0", "digest": digest})))
+    assert container["image"] == f"registry.example/harmony@{digest}"
+
+
+def test_models_mlflow_and_scheduling_values(helm: Helm) -> None:
+    manifests = helm.template(VALUE_CASES["models-and-scheduling"])
+    container = operator_container(manifests)
+    pod = pod_spec(manifests)
+    assert container["env"][2:] == [
+        {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.mlops.svc:5000"},
+        {"name": "HARMONY_EXTRA", "value": "1"},
+    ]
+    assert container["envFrom"] == [{"secretRef": {"name": "mlflow-credentials"}}]
+    assert container["volumeMounts"][1:] == [
+        {"name": "models", "mountPath": "/models/llm-forecaster", "readOnly": True}
+    ]
+    assert pod["volumes"][1:] == [{"name": "models", "configMap": {"name": "llm-forecaster-v3"}}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"][0]["key"] == "dedicated"
+    assert "nodeAffinity" in pod["affinity"]
+    template = only(manifests, "Deployment")["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"example.com/team": "ml-platform"}
+
+
+@pytest.mark.parametrize(("leader_election", "replicas", "strategy"),
+                         [(True, 1, None), (True, 2, None), (False, 1, {"type": "Recreate"})])
+def test_rollout_strategy_never_overlaps_unelected_pods(
+    helm: Helm, leader_election: bool, replicas: int, strategy: dict[str, str] | None
+) -> None:
+    deployment = only(helm.template(values_with(replicaCount=replicas,
+                                                leaderElection={"enabled": leader_election})), "Deployment")
+    assert deployment["spec"]["replicas"] == replicas
+    assert deployment["spec"].get("strategy") == strategy
+
+
+def test_metrics_service_selects_the_operator_pods(helm: Helm) -> None:
+    manifests = helm.template(values_with())
+    service = only(manifests, "Service")
+    deployment = only(manifests, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+def test_service_monitor_only_when_enabled(helm: Helm) -> None:
+    assert find(helm.template(values_with()), "ServiceMonitor") == []
+    manifests = helm.template(VALUE_CASES["service-monitor"])
+    monitor = only(manifests, "ServiceMonitor")
+    service = only(manifests, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+    ]
