@@ -445,7 +445,8 @@ def summarize(
     ``samples [S, T, ...]`` and ``y [T, ...]`` (time first; S >= 2). Keys:
 
     * ``crps``: mean fair ``crps_samples`` over observed elements;
-    * ``wql``: ``weighted_quantile_loss`` at levels 0.1..0.9;
+    * ``wql``: ``weighted_quantile_loss`` at levels 0.1..0.9; NaN for a series whose observations are all 0
+      (the loss is undefined there; relative summaries skip it, as they skip any non-finite ratio);
     * ``mase``: only when ``history`` is given, of the sample median (``np.median`` over S) as point forecast;
     * ``coverage_<100*l>`` for each level in ``levels`` (e.g. ``coverage_50``, ``coverage_98``);
     * ``energy``: mean fair ``energy_score`` with the last axis as the joint dimension (for 1-D ``y`` the
@@ -461,7 +462,8 @@ def summarize(
     mask = _observed(obs, "summarize")
     out: dict[str, float] = {
         "crps": float(np.mean(crps[mask])),
-        "wql": weighted_quantile_loss(s, obs),
+        # An idle container (all-zero target over the test split) has no wQL scale.
+        "wql": weighted_quantile_loss(s, obs) if np.any(obs[mask] != 0) else float("nan"),
     }
     if history is not None:
         out["mase"] = mase(np.median(s, axis=0), obs, history, season)

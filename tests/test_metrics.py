@@ -439,3 +439,12 @@ def test_summarize_errors() -> None:
         summarize(np.ones((5, 4)), np.ones(3))
     with pytest.raises(ValueError, match="no observed"):
         summarize(np.ones((5, 4)), np.full(4, np.nan))
+
+
+def test_summarize_gives_nan_wql_for_an_all_zero_series() -> None:
+    # An idle series (all observations 0) has no wQL scale; the other metrics are still defined.
+    s = np.zeros((10, 5))
+    s[:, 2] = 1.0
+    out = summarize(s, np.zeros(5))
+    assert np.isnan(out["wql"])
+    assert out["crps"] == pytest.approx(0.2)  # one of five steps forecast at 1 with certainty, observed 0
