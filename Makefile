@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check harmony tests benchmarks
+	$(BIN)/ruff check harmony operator tests benchmarks
 	$(BIN)/mypy
 
 bench: $(STAMP)

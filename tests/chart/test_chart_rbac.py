@@ -28,7 +28,7 @@ WATCH_RULES = [
 def lease_rules(lease: str) -> list[Rule]:
     return [
         rule(["coordination.k8s.io"], ["leases"], ["create"]),
-        rule(["coordination.k8s.io"], ["leases"], ["get", "update"], names=[lease]),
+        rule(["coordination.k8s.io"], ["leases"], ["get", "patch"], names=[lease]),
     ]
 
 

@@ -1,0 +1,155 @@
+"""Indicator history from Prometheus' HTTP API (`/api/v1/query_range`), checked before anything uses it.
+
+Every failure becomes a `MetricsError` with a `reason` the operator puts in the MetricsAvailable condition:
+
+    PrometheusUnreachable   connection refused, timeout, or an HTTP 5xx from Prometheus
+    QueryError              Prometheus rejected the query (HTTP 400/422, status "error")
+    AmbiguousQuery          the query returned more than one series (aggregate it, e.g. with sum())
+    NoData                  the query returned no series, or no finite sample in the window
+    StaleData               the newest finite sample is older than the staleness limit
+    InsufficientData        too many of the lookback's steps are missing or NaN to trust the rest
+
+Small gaps (NaN, missing steps) within the lookback are filled by linear interpolation over time, as the
+data layer does for the training traces, so the model sees the same kind of input it was trained on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["History", "MetricsError", "PrometheusClient"]
+
+
+class MetricsError(RuntimeError):
+    def __init__(self, reason: str, message: str, indicator: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.indicator = indicator
+
+
+@dataclass(frozen=True)
+class History:
+    """Values `[steps, indicators]` on a regular grid of `times` (unix seconds), gaps already filled."""
+
+    names: tuple[str, ...]
+    times: NDArray[np.float64]
+    values: NDArray[np.float64]
+    filled: int  # how many cells were interpolated
+
+    def latest(self) -> dict[str, float]:
+        return {n: float(self.values[-1, k]) for k, n in enumerate(self.names)}
+
+
+class PrometheusClient:
+    def __init__(self, base_url: str, session: aiohttp.ClientSession, *, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def query_range(
+        self, query: str, start: float, end: float, step: float, *, indicator: str | None = None
+    ) -> list[tuple[float, float]]:
+        """Samples (unix seconds, value) of the query's single series; NaN/Inf values are kept as NaN."""
+        params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        url = f"{self.base_url}/api/v1/query_range"
+        try:
+            async with self.session.get(url, params=params, timeout=self.timeout) as resp:
+                status = resp.status
+                try:
+                    body: Any = await resp.json(content_type=None)
+                except (ValueError, aiohttp.ContentTypeError):
+                    body = None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise MetricsError(
+                "PrometheusUnreachable", f"Prometheus at {self.base_url} is unreachable: {exc!s}", indicator
+            ) from exc
+        if status >= 500 and not (isinstance(body, dict) and body.get("errorType") == "execution"):
+            raise MetricsError(
+                "PrometheusUnreachable", f"Prometheus at {self.base_url} answered HTTP {status}", indicator
+            )
+        if not isinstance(body, dict) or body.get("status") != "success":
+            detail = (
+                body.get("error") if isinstance(body, dict) else f"HTTP {status}, not a Prometheus answer"
+            )
+            raise MetricsError("QueryError", f"query {query!r} failed: {detail}", indicator)
+        data = body.get("data") or {}
+        result = data.get("result") or []
+        if data.get("resultType") != "matrix":
+            raise MetricsError(
+                "QueryError",
+                f"query {query!r} gave a {data.get('resultType')!r}, expected a range vector",
+                indicator,
+            )
+        if not result:
+            raise MetricsError("NoData", f"query {query!r} returned no series", indicator)
+        if len(result) > 1:
+            labels = [r.get("metric", {}) for r in result[:3]]
+            raise MetricsError(
+                "AmbiguousQuery",
+                f"query {query!r} returned {len(result)} series (e.g. {labels}); aggregate it to one",
+                indicator,
+            )
+        out: list[tuple[float, float]] = []
+        for ts, raw in result[0].get("values", []):
+            try:
+                v = float(raw)
+            except (TypeError, ValueError):
+                v = math.nan
+            out.append((float(ts), v if math.isfinite(v) else math.nan))
+        return out
+
+    async def history(
+        self,
+        indicators: Sequence[tuple[str, str]],
+        end: float,
+        step: float,
+        steps: int,
+        *,
+        stale_after_s: float,
+        max_missing_fraction: float = 0.2,
+    ) -> History:
+        """`steps` regular samples ending at `end` for each (name, query); gaps filled, staleness checked."""
+        start = end - (steps - 1) * step
+        grid = start + step * np.arange(steps, dtype=np.float64)
+        answers = await asyncio.gather(
+            *(self.query_range(q, start, end, step, indicator=n) for n, q in indicators)
+        )
+        values = np.full((steps, len(indicators)), np.nan)
+        for k, ((name, query), samples) in enumerate(zip(indicators, answers, strict=True)):
+            for ts, v in samples:
+                j = round((ts - start) / step)
+                if 0 <= j < steps:
+                    values[j, k] = v
+            finite = np.flatnonzero(np.isfinite(values[:, k]))
+            if finite.size == 0:
+                raise MetricsError("NoData", f"query {query!r} has no finite sample in the window", name)
+            newest = grid[finite[-1]]
+            if end - newest > stale_after_s:
+                raise MetricsError(
+                    "StaleData",
+                    f"newest sample of {name!r} is {end - newest:.0f}s old (limit {stale_after_s:.0f}s)",
+                    name,
+                )
+            missing = steps - finite.size
+            if missing > max_missing_fraction * steps:
+                raise MetricsError(
+                    "InsufficientData",
+                    f"{name!r} misses {missing} of {steps} steps (limit {max_missing_fraction:.0%})",
+                    name,
+                )
+        filled = int(np.isnan(values).sum())
+        for k in range(values.shape[1]):
+            col = values[:, k]
+            ok = np.isfinite(col)
+            if not ok.all():
+                # np.interp holds the end values flat beyond the first/last finite sample.
+                values[:, k] = np.interp(grid, grid[ok], col[ok])
+        return History(tuple(n for n, _ in indicators), grid, values, filled)

@@ -1,0 +1,564 @@
+"""One reconcile of one HarmonyAutoscaler: metrics -> forecast -> decision -> /scale -> status and events.
+
+`Reconciler.reconcile` is the whole loop body, independent of kopf so it can be driven by the daemon, the
+benchmark and tests alike. Every fault ends in a defined state (docs/operator.md has the table):
+
+    invalid spec            Ready=False/InvalidSpec, Warning event; the target is not touched
+    target missing (404)    Ready=False/TargetNotFound, Warning event; nothing to scale
+    Kubernetes API 5xx      retried with back-off within the reconcile; then Ready=False/KubernetesAPIError
+                            and the next reconcile comes sooner (back-off capped at the interval)
+    metrics unusable        MetricsAvailable=False/<reason>; the replicas in place are held (clamped into
+                            [minReplicas, maxReplicas]), Warning event Fallback
+    model unusable/absent   ModelLoaded=False/<reason>; the reactive fallback rule on current demand,
+                            never below the replicas in place when any demand is unknown, Warning event
+    forecast miscalibrated  ForecastCalibrated=False; the decider's own fallback rule
+    scale PATCH fails       retried (409 and 5xx) with back-off; then ScalingActive=False/ScaleFailed
+
+No path sets fewer than minReplicas (>= 1) replicas: the decision clips, and `_safe` clips again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import math
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from harmony.decision import Decider, Decision, DecisionConfig
+from harmony_operator.batching import BatchSampler
+from harmony_operator.kube import ApiError, KubeClient, NotFound, retrying
+from harmony_operator.metrics import OperatorMetrics
+from harmony_operator.models import LoadedModel, ModelCache, ModelError, check_indicators
+from harmony_operator.prometheus import History, MetricsError, PrometheusClient
+from harmony_operator.spec import AutoscalerSpec, SpecError, parse_spec
+
+__all__ = ["Event", "Outcome", "Reconciler", "ReconcilerSettings"]
+
+log = logging.getLogger(__name__)
+
+CONDITIONS = ("Ready", "MetricsAvailable", "ModelLoaded", "ForecastCalibrated", "ScalingActive")
+STATUS_QUANTILES = (0.5, 0.9, 0.99)
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # "Normal" | "Warning"
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    """What one reconcile produced: the status to write, the events to post, when to come back."""
+
+    status: dict[str, Any]
+    events: list[Event]
+    next_in_s: float
+    scaled_to: int | None = None
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True)
+class ReconcilerSettings:
+    num_samples: int = 100
+    # Without a model the fallback needs only the current demand: a short window at this step.
+    fallback_step_s: float = 15.0
+    fallback_window_s: float = 300.0
+    # A series whose newest sample is older than max(stale_steps * step, stale_min_s) is stale.
+    stale_steps: float = 3.0
+    stale_min_s: float = 120.0
+    max_missing_fraction: float = 0.2
+    retry_base_s: float = 5.0
+
+
+@dataclass
+class _Memory:
+    """What the operator keeps per resource between reconciles (the decider's part also goes to status)."""
+
+    decider: Decider | None = None
+    decision_config: DecisionConfig | None = None
+    last_observed: float = -math.inf  # time of the newest sample already fed to the tracker
+    pending: tuple[float, dict[str, float]] | None = None  # (time, median forecast) to score later
+    failures: int = 0
+    last_warning: dict[str, str] = field(default_factory=dict)
+
+
+class _Conditions:
+    def __init__(self, existing: Sequence[Mapping[str, Any]] | None, now: float, generation: int | None):
+        self._old = {c.get("type"): dict(c) for c in existing or [] if isinstance(c, Mapping)}
+        self._new: dict[str, dict[str, Any]] = {}
+        self._now = now
+        self._generation = generation
+
+    def set(self, type_: str, status: bool | None, reason: str, message: str) -> None:
+        s = "Unknown" if status is None else ("True" if status else "False")
+        old = self._old.get(type_)
+        changed = old is None or old.get("status") != s
+        cond: dict[str, Any] = {
+            "type": type_,
+            "status": s,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": _iso(self._now)
+            if changed or old is None
+            else old.get("lastTransitionTime", _iso(self._now)),
+        }
+        if self._generation is not None:
+            cond["observedGeneration"] = self._generation
+        self._new[type_] = cond
+
+    def get(self, type_: str) -> dict[str, Any] | None:
+        return self._new.get(type_) or self._old.get(type_)
+
+    def render(self) -> list[dict[str, Any]]:
+        out = []
+        for t in CONDITIONS:
+            c = self._new.get(t) or self._old.get(t)
+            if c is None:
+                c = {
+                    "type": t,
+                    "status": "Unknown",
+                    "reason": "Pending",
+                    "message": "not evaluated yet",
+                    "lastTransitionTime": _iso(self._now),
+                }
+            out.append(c)
+        return out
+
+
+def window_steps(model: LoadedModel, lead_time_s: float, interval_s: float) -> list[int]:
+    """Horizon indices whose target times fall in (now + leadTime, now + leadTime + interval].
+
+    Step j of the model's horizon is (lead_time + j + 1) frequency steps after the last observation. A
+    window shorter than one step takes the first step after the lead time; a lead time past the horizon
+    takes the last step (the closest the model can see).
+    """
+    spec = model.forecaster.spec
+    f = spec.frequency_s
+    offsets = [(spec.lead_time + j + 1) * f for j in range(spec.horizon)]
+    eps = 1e-6 * f
+    chosen = [j for j, o in enumerate(offsets) if lead_time_s + eps < o <= lead_time_s + interval_s + eps]
+    if chosen:
+        return chosen
+    after = [j for j, o in enumerate(offsets) if o > lead_time_s + eps]
+    return [after[0]] if after else [spec.horizon - 1]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: KubeClient,
+        prometheus: PrometheusClient,
+        models: ModelCache,
+        sampler: BatchSampler,
+        metrics: OperatorMetrics,
+        settings: ReconcilerSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        group: str = "harmony.dev",
+        version: str = "v1alpha1",
+        plural: str = "harmonyautoscalers",
+    ) -> None:
+        self.kube = kube
+        self.prometheus = prometheus
+        self.models = models
+        self.sampler = sampler
+        self.metrics = metrics
+        self.settings = settings or ReconcilerSettings()
+        self.clock = clock
+        self.api = (group, version, plural)
+        self._memory: dict[tuple[str, str], _Memory] = {}
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._memory.pop((namespace, name), None)
+        self.metrics.forget(namespace, name)
+
+    # ------------------------------------------------------------------------------------------------
+    async def reconcile(
+        self,
+        namespace: str,
+        name: str,
+        spec_raw: Mapping[str, Any],
+        status_raw: Mapping[str, Any] | None,
+        generation: int | None = None,
+    ) -> Outcome:
+        started = time.perf_counter()
+        try:
+            return await self._reconcile(namespace, name, spec_raw, dict(status_raw or {}), generation)
+        finally:
+            self.metrics.loop_seconds.observe(time.perf_counter() - started)
+
+    async def _reconcile(
+        self,
+        namespace: str,
+        name: str,
+        spec_raw: Mapping[str, Any],
+        old: dict[str, Any],
+        generation: int | None,
+    ) -> Outcome:
+        now = self.clock()
+        mem = self._memory.setdefault((namespace, name), _Memory())
+        conds = _Conditions(old.get("conditions"), now, generation)
+        events: list[Event] = []
+        status: dict[str, Any] = {"lastDecisionTime": _iso(now)}
+        if generation is not None:
+            status["observedGeneration"] = generation
+        labels = (namespace, name)
+
+        def warn_once(reason: str, message: str) -> None:
+            # Persistent faults (a bad spec, a missing target) are announced when they start or change,
+            # not every interval; fallbacks and scales are announced every time.
+            if mem.last_warning.get(reason) != message:
+                events.append(Event("Warning", reason, message))
+                mem.last_warning[reason] = message
+
+        def finish(next_in: float) -> Outcome:
+            status["conditions"] = conds.render()
+            return Outcome(status, events, next_in)
+
+        # 1. the spec --------------------------------------------------------------------------------------
+        try:
+            spec = parse_spec(spec_raw)
+        except SpecError as exc:
+            conds.set("Ready", False, "InvalidSpec", str(exc))
+            conds.set(
+                "ScalingActive", False, "InvalidSpec", "the resource is invalid; the target is not touched"
+            )
+            warn_once("InvalidSpec", str(exc))
+            self.metrics.decisions.labels(*labels, "unknown", "invalid").inc()
+            return finish(self._retry_in(mem, 60.0, transient=False))
+        mem.last_warning.pop("InvalidSpec", None)
+        status["currentReplicas"] = old.get("currentReplicas")
+
+        # 2. the target's /scale ---------------------------------------------------------------------------
+        try:
+            scale = await retrying(
+                lambda: self.kube.get_scale(namespace, spec.target_plural, spec.target_name)
+            )
+        except NotFound:
+            msg = f"{spec.target_kind} {namespace}/{spec.target_name} not found"
+            conds.set("Ready", False, "TargetNotFound", msg)
+            conds.set("ScalingActive", False, "TargetNotFound", msg)
+            warn_once("TargetNotFound", msg)
+            self.metrics.errors.labels(*labels, "TargetNotFound").inc()
+            status.pop("currentReplicas", None)
+            return finish(self._retry_in(mem, spec.interval_s, transient=False))
+        except ApiError as exc:
+            msg = f"reading the scale of {spec.target_kind} {spec.target_name}: {exc}"
+            conds.set("Ready", False, "KubernetesAPIError", msg)
+            conds.set("ScalingActive", None, "KubernetesAPIError", msg)
+            warn_once("KubernetesAPIError", msg)
+            self.metrics.errors.labels(*labels, "KubernetesAPIError").inc()
+            return finish(self._retry_in(mem, spec.interval_s, transient=True))
+        mem.last_warning.pop("TargetNotFound", None)
+        mem.last_warning.pop("KubernetesAPIError", None)
+        current = scale.spec_replicas
+        status["currentReplicas"] = current
+        self.metrics.current.labels(*labels).set(current)
+
+        # 3. the model -------------------------------------------------------------------------------------
+        model: LoadedModel | None = None
+        model_problem: str | None = None
+        names = [i.name for i in spec.indicators]
+        if spec.model_uri is None:
+            conds.set("ModelLoaded", False, "NoModel", "no model configured: deciding with the fallback rule")
+            model_problem = "no model configured"
+        else:
+            loads_before = self.models.loads
+            try:
+                model = await self.models.get(spec.model_uri)
+                check_indicators(model, names, list(spec.capacities))
+            except ModelError as exc:
+                model, model_problem = None, f"model unusable ({exc.reason})"
+                conds.set("ModelLoaded", False, exc.reason, str(exc))
+                warn_once("ModelError", str(exc))
+                self.metrics.errors.labels(*labels, exc.reason).inc()
+            else:
+                mem.last_warning.pop("ModelError", None)
+                conds.set("ModelLoaded", True, "Loaded", f"{model.uri} (version {model.version})")
+                status["model"] = {
+                    "uri": model.uri,
+                    "version": model.version,
+                    "loadedAt": _iso(model.loaded_at),
+                }
+            if self.models.loads > loads_before:
+                self.metrics.model_loads.inc(self.models.loads - loads_before)
+
+        # 4. the decider (rebuilt when the decision settings change; its state survives restarts) ----------
+        window = window_steps(model, spec.lead_time_s, spec.interval_s) if model is not None else None
+        lead_steps = (model.forecaster.spec.lead_time + window[0]) if model is not None and window else 0
+        dconfig = spec.decision_config(lead_steps=lead_steps)
+        decider = self._decider(mem, dconfig, old.get("state"))
+
+        # 5. the indicators' history -----------------------------------------------------------------------
+        history: History | None = None
+        metrics_problem: str | None = None
+        queries = [(i.name, i.query) for i in spec.indicators]
+        if model is not None:
+            step = model.forecaster.spec.frequency_s
+            steps = model.forecaster.spec.lookback
+        else:
+            step = self.settings.fallback_step_s
+            steps = max(2, int(self.settings.fallback_window_s / step))
+        end = math.floor(now / step) * step
+        try:
+            history = await self.prometheus.history(
+                queries,
+                end,
+                step,
+                steps,
+                stale_after_s=max(self.settings.stale_steps * step, self.settings.stale_min_s),
+                # The fallback needs only the current demand: gaps in its short window do not matter.
+                max_missing_fraction=self.settings.max_missing_fraction if model is not None else 1.0,
+            )
+        except MetricsError as exc:
+            metrics_problem = f"metrics unavailable ({exc.reason}: {exc})"
+            conds.set("MetricsAvailable", False, exc.reason, str(exc))
+            self.metrics.errors.labels(*labels, exc.reason).inc()
+        else:
+            conds.set(
+                "MetricsAvailable",
+                True,
+                "Queried",
+                f"{len(queries)} indicator(s), {steps} steps of {step:g}s"
+                + (f", {history.filled} gap(s) interpolated" if history.filled else ""),
+            )
+
+        # 6. calibration feedback and forecast error from what has been realised since the last decision ---
+        latest: dict[str, float] | None = None
+        if history is not None:
+            latest = history.latest()
+            newest = float(history.times[-1])
+            if newest > mem.last_observed and mem.decider is not None and mem.last_observed > -math.inf:
+                decider.observe({k: latest[k] for k in spec.capacities}, current)
+            mem.last_observed = max(mem.last_observed, newest)
+            self._score_pending(mem, history, labels)
+
+        # 7. decide ----------------------------------------------------------------------------------------
+        draws: NDArray[np.float64] | None = None
+        if model is not None and history is not None and window is not None:
+            fspec = model.forecaster.spec
+            cols = [names.index(n) for n in fspec.indicators]
+            seed = zlib.crc32(f"{namespace}/{name}/{int(history.times[-1])}".encode())
+            try:
+                full = await self.sampler.sample(
+                    model.forecaster, history.values[-fspec.lookback :, cols], float(history.times[-1]), seed
+                )
+                draws = full[:, window, :]
+            except Exception as exc:
+                log.exception("sampling %s/%s failed", namespace, name)
+                model_problem = f"forecast failed ({type(exc).__name__}: {exc})"
+                conds.set("ModelLoaded", False, "ForecastFailed", str(exc))
+        if draws is not None and model is not None:
+            decision = decider.decide(
+                draws, list(model.forecaster.spec.targets), current, now, current_demand=latest
+            )
+            self._remember_forecast(mem, model, draws, window or [0], history)
+        else:
+            why = metrics_problem or model_problem or "no forecast"
+            decision = decider.decide(None, [], current, now, current_demand=latest, fallback_reason=why)
+        desired = self._safe(decision.replicas, spec)
+
+        # 8. act -------------------------------------------------------------------------------------------
+        kind = "fallback" if decision.fallback else "forecast"
+        if metrics_problem is not None:
+            kind = "hold"
+        self.metrics.decisions.labels(*labels, spec.mode, kind).inc()
+        if decision.fallback:
+            reason_label = "metrics" if metrics_problem else ("model" if model_problem else "miscalibrated")
+            self.metrics.fallbacks.labels(*labels, reason_label).inc()
+            events.append(Event("Warning", "Fallback", decision.reason))
+        scaled_to: int | None = None
+        transient = False
+        if spec.apply:
+            if desired != current:
+                try:
+                    await retrying(
+                        lambda: self.kube.patch_scale(
+                            namespace, spec.target_plural, spec.target_name, desired
+                        )
+                    )
+                except ApiError as exc:
+                    msg = f"scaling {spec.target_kind} {spec.target_name} to {desired} failed: {exc}"
+                    conds.set("ScalingActive", False, "ScaleFailed", msg)
+                    events.append(Event("Warning", "ScaleFailed", msg))
+                    self.metrics.scale_patches.labels(*labels, "error").inc()
+                    transient = True
+                else:
+                    scaled_to = desired
+                    status["lastScaleTime"] = _iso(now)
+                    status["currentReplicas"] = desired
+                    self.metrics.scale_patches.labels(*labels, "success").inc()
+                    events.append(
+                        Event("Normal", "Scaled", f"{current} -> {desired} replicas: {decision.reason}")
+                    )
+                    conds.set("ScalingActive", True, "Scaled", f"scaled {current} -> {desired}")
+            else:
+                conds.set(
+                    "ScalingActive", True, "Holding", f"{current} replicas are what the decision asks for"
+                )
+        else:
+            conds.set(
+                "ScalingActive",
+                False,
+                "RecommendOnly",
+                f"mode Recommend: {desired} replicas recommended, the target is not scaled",
+            )
+        if "lastScaleTime" not in status and old.get("lastScaleTime"):
+            status["lastScaleTime"] = old["lastScaleTime"]
+
+        # 9. status ----------------------------------------------------------------------------------------
+        status.update(
+            {
+                "desiredReplicas": desired,
+                "bindingIndicator": decision.binding_indicator or "",
+                "reason": decision.reason,
+                "fallback": decision.fallback,
+                "state": decider.state_dict(),
+            }
+        )
+        if decision.p_violation is not None:
+            status["violationProbability"] = round(float(decision.p_violation), 6)
+            self.metrics.p_violation.labels(*labels).set(decision.p_violation)
+        if decision.expected_cost is not None:
+            status["expectedCost"] = round(float(decision.expected_cost), 6)
+        if draws is not None and model is not None:
+            peaks = draws.max(axis=1)  # [S, targets]: each indicator's peak over the window
+            qs = np.quantile(peaks, STATUS_QUANTILES, axis=0)
+            status["forecast"] = [
+                {"name": n, "p50": float(qs[0, k]), "p90": float(qs[1, k]), "p99": float(qs[2, k])}
+                for k, n in enumerate(model.forecaster.spec.targets)
+            ]
+        status["calibration"] = self._calibration(decider)
+        self._calibration_condition(conds, decider)
+        self.metrics.desired.labels(*labels).set(desired)
+
+        ready_problem = metrics_problem
+        if ready_problem is None:
+            conds.set("Ready", True, "Deciding", decision.reason)
+        else:
+            conds.set("Ready", False, "MetricsUnavailable", f"holding replicas: {ready_problem}")
+        status["conditions"] = conds.render()
+        next_in = self._retry_in(mem, spec.interval_s, transient=transient or metrics_problem is not None)
+        return Outcome(status, events, next_in, scaled_to, decision)
+
+    # helpers ------------------------------------------------------------------------------------------
+    def _retry_in(self, mem: _Memory, interval_s: float, *, transient: bool) -> float:
+        if not transient:
+            mem.failures = 0
+            return interval_s
+        mem.failures += 1
+        return float(min(interval_s, self.settings.retry_base_s * 2.0 ** (mem.failures - 1)))
+
+    @staticmethod
+    def _safe(replicas: int, spec: AutoscalerSpec) -> int:
+        return int(min(max(replicas, spec.min_replicas, 1), spec.max_replicas))
+
+    @staticmethod
+    def _decider(mem: _Memory, config: DecisionConfig, saved: Any) -> Decider:
+        if mem.decider is not None and mem.decision_config == config:
+            return mem.decider
+        decider = Decider(config)
+        if mem.decider is not None:
+            # Settings changed: keep what was learnt about calibration and the stabilisation window.
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                decider.load_state_dict(mem.decider.state_dict())
+        elif isinstance(saved, Mapping):
+            try:
+                decider.load_state_dict(saved)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring unreadable saved decision state: %s", exc)
+        mem.decider, mem.decision_config = decider, config
+        return decider
+
+    @staticmethod
+    def _calibration(decider: Decider) -> dict[str, Any]:
+        s = decider.tracker.summary()
+        return {
+            "alpha": round(s["alpha"], 6),
+            "beta": round(s["beta"], 6),
+            "mean": round(s["mean"], 6),
+            "lower": round(s["credible_low"], 6),
+            "upper": round(s["credible_high"], 6),
+            "workingQuantile": round(s["working_quantile"], 6),
+            "observations": round(s["effective_observations"], 3),
+            "miscalibrated": bool(decider.tracker.miscalibrated),
+        }
+
+    @staticmethod
+    def _calibration_condition(conds: _Conditions, decider: Decider) -> None:
+        t = decider.tracker
+        s = t.summary()
+        if t.n_updates == 0:
+            conds.set(
+                "ForecastCalibrated", None, "Collecting", "no realised outcome of a forecast decision yet"
+            )
+        elif t.miscalibrated:
+            conds.set(
+                "ForecastCalibrated",
+                False,
+                "Miscalibrated",
+                f"realised violation rate ~{s['mean']:.2%} is credibly above the target {t.target:.2%}",
+            )
+        else:
+            conds.set(
+                "ForecastCalibrated",
+                True,
+                "Calibrated",
+                f"violation rate ~{s['mean']:.2%} (90% credible {s['credible_low']:.2%}"
+                f"-{s['credible_high']:.2%}); working quantile {s['working_quantile']:.4f}",
+            )
+
+    @staticmethod
+    def _remember_forecast(
+        mem: _Memory,
+        model: LoadedModel,
+        draws: NDArray[np.float64],
+        window: list[int],
+        history: History | None,
+    ) -> None:
+        if history is None:
+            return
+        fspec = model.forecaster.spec
+        t = float(history.times[-1]) + (fspec.lead_time + window[0] + 1) * fspec.frequency_s
+        med = np.median(draws[:, 0, :], axis=0)
+        mem.pending = (t, {n: float(med[k]) for k, n in enumerate(fspec.targets)})
+
+    def _score_pending(self, mem: _Memory, history: History, labels: tuple[str, str]) -> None:
+        if mem.pending is None:
+            return
+        t, med = mem.pending
+        hits = np.flatnonzero(np.isclose(history.times, t))
+        if hits.size == 0:
+            return
+        row = history.values[hits[0]]
+        for n, m in med.items():
+            if n in history.names:
+                realised = float(row[history.names.index(n)])
+                if realised > 0:
+                    self.metrics.forecast_error.labels(*labels).observe(abs(realised - m) / realised)
+        mem.pending = None
+
+
+async def gather_limited(coros: Sequence[Any], limit: int) -> list[Any]:
+    """Run coroutines with at most `limit` at once (the benchmark's many resources)."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros))

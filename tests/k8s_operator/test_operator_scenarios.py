@@ -1,0 +1,347 @@
+"""The operator, run for real under kopf's KopfRunner, against kmock's HTTP Kubernetes API and a real
+Prometheus backfilled with a slice of the Fisher trace (see conftest.py for both).
+
+Each scenario asserts on the objects the operator leaves behind (status, conditions, the target's replicas)
+and on the request log (which requests were or were not made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import kmock
+import numpy as np
+import pytest
+import requests
+from kopf.testing import KopfRunner
+from operator_harness import (  # type: ignore[import-not-found]
+    STEP_S,
+    Cluster,
+    Fault,
+    PrometheusServer,
+    add_autoscaler,
+    add_deployment,
+    autoscaler_spec,
+    wait_for,
+)
+
+HMA = "harmony.dev/v1alpha1/harmonyautoscalers"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_operator(
+    monkeypatch: pytest.MonkeyPatch, prometheus_url: str, *, leader: bool = False, metrics_port: int = 0
+) -> Iterator[KopfRunner]:
+    monkeypatch.setenv("HARMONY_PROMETHEUS_URL", prometheus_url)
+    monkeypatch.setenv("HARMONY_METRICS_PORT", str(metrics_port))
+    monkeypatch.setenv("HARMONY_LEADER_ELECTION", "true" if leader else "false")
+    monkeypatch.setenv("POD_NAMESPACE", "harmony-system")
+    monkeypatch.setenv("HARMONY_NUM_SAMPLES", "200")
+    # The Fisher trace has 10-minute samples: what a 15-s scrape calls stale is fresh here.
+    monkeypatch.setenv("HARMONY_MIN_STALENESS_S", "900")
+    with KopfRunner(["run", "-A", "--standalone", "-m", "harmony_operator.handlers"], timeout=60) as runner:
+        yield runner
+
+
+def status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    obj = cluster.objects[HMA, ns, name]
+    return dict(obj.get("status") or {}) if not obj.deleted else {}
+
+
+def condition(cluster: Cluster, ns: str, name: str, type_: str) -> dict[str, Any]:
+    for c in status(cluster, ns, name).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def replicas(cluster: Cluster, ns: str, name: str) -> int:
+    return int(cluster.objects["apps/v1/deployments", ns, name]["spec"]["replicas"])
+
+
+def scale_patches(cluster: Cluster, ns: str, name: str) -> list[Any]:
+    return [
+        r
+        for r in cluster
+        if r.method == kmock.method.PATCH
+        and r.url.path == f"/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale"
+    ]
+
+
+def events(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
+    out = []
+    for r in cluster:
+        if (
+            r.method == kmock.method.POST
+            and r.url.path == f"/api/v1/namespaces/{ns}/events"
+            and (r.data.get("involvedObject") or {}).get("name") == name
+        ):
+            out.append(r.data)
+    return out
+
+
+def load_at(prometheus: PrometheusServer, when: str) -> float:
+    """The newest backfilled load at or before the ISO time `when` (a decision's time)."""
+    import datetime as dt
+
+    now = dt.datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+    t = math.floor(now / STEP_S) * STEP_S
+    return float(prometheus.load[int(np.flatnonzero(prometheus.times == t)[0])])
+
+
+async def test_apply_scales_the_target_and_explains_the_decision(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_deployment(cluster, "shop", "web", replicas=1)
+    add_autoscaler(cluster, "shop", "web", autoscaler_spec(model={"uri": str(model_dir)}))
+    port = _free_port()
+    with running_operator(monkeypatch, prometheus.url, leader=True, metrics_port=port) as runner:
+        await wait_for(
+            lambda: (
+                status(cluster, "shop", "web").get("desiredReplicas") is not None
+                and condition(cluster, "shop", "web", "ScalingActive").get("status") == "True"
+            )
+        )
+        metrics = (await asyncio.to_thread(requests.get, f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+    assert runner.exception is None, runner.output
+
+    st = status(cluster, "shop", "web")
+    desired = st["desiredReplicas"]
+    # The working quantile is the 95th (eps = 0.05): between the forecast's p90 and p99 of peak load,
+    # at 1 load unit per replica.
+    forecast = {f["name"]: f for f in st["forecast"]}
+    assert set(forecast) == {"load"}
+    f = forecast["load"]
+    assert f["p50"] <= f["p90"] <= f["p99"]
+    assert max(1, math.ceil(f["p90"] - 1e-9)) <= desired <= max(1, math.ceil(f["p99"]))
+    assert st["bindingIndicator"] == "load"
+    assert 0.0 <= st["violationProbability"] <= 0.05 + 1e-9
+    assert st["fallback"] is False
+    assert "95th" in st["reason"] or "p95" in st["reason"] or "0.95" in st["reason"], st["reason"]
+    assert st["model"]["uri"] == str(model_dir)
+    assert st["calibration"]["workingQuantile"] == pytest.approx(0.95, abs=1e-6)
+    for type_, expected in (("Ready", "True"), ("MetricsAvailable", "True"), ("ModelLoaded", "True")):
+        assert condition(cluster, "shop", "web", type_)["status"] == expected, st["conditions"]
+
+    # The target was scaled through its /scale subresource, once, to the decision.
+    assert replicas(cluster, "shop", "web") == desired
+    patches = scale_patches(cluster, "shop", "web")
+    if desired != 1:
+        assert [p.data for p in patches][:1] == [{"spec": {"replicas": desired}}]
+        assert st["lastScaleTime"]
+        scaled = [e for e in events(cluster, "shop", "web") if e["reason"] == "Scaled"]
+        assert scaled and scaled[0]["type"] == "Normal" and scaled[0]["message"].startswith(f"1 -> {desired}")
+    else:
+        assert patches == []
+
+    # The leader Lease was taken in the operator's namespace.
+    lease = cluster.objects["coordination.k8s.io/v1/leases", "harmony-system", "harmony-operator"]
+    assert lease["spec"]["holderIdentity"]
+    # Its own /metrics.
+    assert 'harmony_operator_desired_replicas{name="web",namespace="shop"}' in metrics
+    assert "harmony_operator_reconcile_seconds_bucket" in metrics
+    assert "harmony_operator_leader 1.0" in metrics
+
+
+async def test_recommend_mode_never_patches_the_target(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_deployment(cluster, "shop", "shadow", replicas=1)
+    spec = autoscaler_spec(
+        model={"uri": str(model_dir)},
+        mode="Recommend",
+        scaleTargetRef={"kind": "Deployment", "name": "shadow"},
+    )
+    # Capacity so small that any sane decision wants many more replicas than the 1 in place.
+    spec["indicators"][0]["capacityPerReplica"] = 0.05
+    add_autoscaler(cluster, "shop", "shadow", spec)
+    with running_operator(monkeypatch, prometheus.url) as runner:
+        await wait_for(lambda: status(cluster, "shop", "shadow").get("desiredReplicas") is not None)
+        await asyncio.sleep(4.5)  # two more intervals
+    assert runner.exception is None, runner.output
+    st = status(cluster, "shop", "shadow")
+    assert st["desiredReplicas"] > 1
+    assert replicas(cluster, "shop", "shadow") == 1
+    assert scale_patches(cluster, "shop", "shadow") == []
+    c = condition(cluster, "shop", "shadow", "ScalingActive")
+    assert (c["status"], c["reason"]) == ("False", "RecommendOnly")
+    assert not [e for e in events(cluster, "shop", "shadow") if e["reason"] == "Scaled"]
+
+
+async def test_faults_end_in_their_documented_states(
+    cluster: Cluster,
+    prometheus: PrometheusServer,
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "forecaster.json").write_text("{not json")
+    cases: dict[str, dict[str, Any]] = {
+        "nodata": autoscaler_spec(
+            'fisher_load_never_exported{container="container1"}', model={"uri": str(model_dir)}
+        ),
+        "nan": autoscaler_spec('fisher_load_nan{container="container1"}', model={"uri": str(model_dir)}),
+        "stale": autoscaler_spec('fisher_load_stale{container="container1"}', model={"uri": str(model_dir)}),
+        "ambiguous": autoscaler_spec(
+            '{__name__=~"fisher_load|fisher_cpu_cores"}', model={"uri": str(model_dir)}
+        ),
+        "badquery": autoscaler_spec("sum(fisher_load", model={"uri": str(model_dir)}),
+        "nomodel": autoscaler_spec(model={"uri": str(tmp_path / "no-such-model")}),
+        "corrupt": autoscaler_spec(model={"uri": str(corrupt)}),
+        "mismatch": autoscaler_spec(model={"uri": str(model_dir)}),
+        "notarget": autoscaler_spec(model={"uri": str(model_dir)}),
+        "invalid": autoscaler_spec(model={"uri": str(model_dir)}, mode="Auto"),
+        "floor": autoscaler_spec('fisher_load_never_exported{container="container1"}', minReplicas=2),
+    }
+    cases["mismatch"]["indicators"] = cases["mismatch"]["indicators"][:1]  # the model also reads cpu_cores
+    for name, spec in cases.items():
+        spec["scaleTargetRef"] = {"kind": "Deployment", "name": "ghost" if name == "notarget" else name}
+        if name != "notarget":
+            add_deployment(cluster, "faults", name, replicas=0 if name == "floor" else 3)
+        add_autoscaler(cluster, "faults", name, spec)
+
+    with running_operator(monkeypatch, prometheus.url) as runner:
+        await wait_for(lambda: all(condition(cluster, "faults", n, "Ready") for n in cases), timeout=45)
+        await asyncio.sleep(2.5)
+    assert runner.exception is None, runner.output
+
+    def cond(name: str, type_: str) -> tuple[str, str]:
+        c = condition(cluster, "faults", name, type_)
+        return c.get("status", ""), c.get("reason", "")
+
+    # Metrics unusable: hold the replicas in place, say why, warn.
+    for name, reason in (
+        ("nodata", "NoData"),
+        ("nan", "NoData"),
+        ("stale", "StaleData"),
+        ("ambiguous", "AmbiguousQuery"),
+        ("badquery", "QueryError"),
+    ):
+        assert cond(name, "MetricsAvailable") == ("False", reason), (name, status(cluster, "faults", name))
+        assert cond(name, "Ready") == ("False", "MetricsUnavailable")
+        assert status(cluster, "faults", name)["desiredReplicas"] == 3
+        assert replicas(cluster, "faults", name) == 3
+        assert scale_patches(cluster, "faults", name) == []
+        assert any(
+            e["reason"] == "Fallback" and e["type"] == "Warning" for e in events(cluster, "faults", name)
+        )
+
+    # Model unusable: the reactive rule on current demand, ceil(load / (1.0 * 0.7) * 1.1).
+    for name, reason in (
+        ("nomodel", "ModelNotFound"),
+        ("corrupt", "ModelCorrupt"),
+        ("mismatch", "ModelMismatch"),
+    ):
+        assert cond(name, "ModelLoaded") == ("False", reason), (name, status(cluster, "faults", name))
+        st = status(cluster, "faults", name)
+        load_now = load_at(prometheus, st["lastDecisionTime"])
+        expected = max(1, math.ceil(load_now / 0.7 * 1.1 - 1e-9))
+        assert st["fallback"] is True and st["reason"].startswith("fallback: model unusable")
+        assert st["desiredReplicas"] == expected == replicas(cluster, "faults", name), (name, load_now, st)
+        assert cond(name, "Ready")[0] == "True"
+        kinds = {e["reason"] for e in events(cluster, "faults", name)}
+        assert {"Fallback", "ModelError"} <= kinds
+
+    # A missing target: nothing to scale, said once.
+    assert cond("notarget", "Ready") == ("False", "TargetNotFound")
+    assert [e["reason"] for e in events(cluster, "faults", "notarget")].count("TargetNotFound") == 1
+
+    # An invalid resource: not touched at all.
+    assert cond("invalid", "Ready") == ("False", "InvalidSpec")
+    assert "spec.mode" in condition(cluster, "faults", "invalid", "Ready")["message"]
+    assert replicas(cluster, "faults", "invalid") == 3
+    assert scale_patches(cluster, "faults", "invalid") == []
+
+    # No data and 0 replicas in place: never below minReplicas.
+    assert replicas(cluster, "faults", "floor") == 2
+    assert [p.data for p in scale_patches(cluster, "faults", "floor")] == [{"spec": {"replicas": 2}}]
+
+
+async def test_api_conflicts_and_server_errors_are_retried(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two conflicts, then the PATCH goes through; a target whose /scale always answers 503.
+    cluster.faults = [
+        Fault("PATCH", "/deployments/busy/scale", 409, times=2),
+        Fault("GET", "/deployments/broken/scale", 503),
+    ]
+    for name in ("busy", "broken"):
+        add_deployment(cluster, "api", name, replicas=1)
+        spec = autoscaler_spec(
+            model={"uri": str(model_dir)}, scaleTargetRef={"kind": "Deployment", "name": name}
+        )
+        spec["indicators"][0]["capacityPerReplica"] = 0.05  # forces a scale-up
+        add_autoscaler(cluster, "api", name, spec)
+    with running_operator(monkeypatch, prometheus.url) as runner:
+        await wait_for(
+            lambda: (
+                replicas(cluster, "api", "busy") > 1
+                and condition(cluster, "api", "broken", "Ready").get("reason") == "KubernetesAPIError"
+            )
+        )
+    assert runner.exception is None, runner.output
+    patches = scale_patches(cluster, "api", "busy")
+    assert len(patches) >= 3 and cluster.faults[0].hits == 2
+    assert replicas(cluster, "api", "busy") == status(cluster, "api", "busy")["desiredReplicas"]
+    assert cluster.faults[1].hits >= 4  # retried within the reconcile before giving up
+    assert replicas(cluster, "api", "broken") == 1
+    assert scale_patches(cluster, "api", "broken") == []
+
+
+async def test_prometheus_unreachable_holds_the_replicas(
+    cluster: Cluster, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_deployment(cluster, "shop", "web", replicas=4)
+    add_autoscaler(cluster, "shop", "web", autoscaler_spec(model={"uri": str(model_dir)}))
+    with running_operator(monkeypatch, f"http://127.0.0.1:{_free_port()}") as runner:
+        await wait_for(
+            lambda: (
+                condition(cluster, "shop", "web", "MetricsAvailable").get("reason") == "PrometheusUnreachable"
+            )
+        )
+    assert runner.exception is None, runner.output
+    assert status(cluster, "shop", "web")["desiredReplicas"] == 4
+    assert replicas(cluster, "shop", "web") == 4
+    assert scale_patches(cluster, "shop", "web") == []
+
+
+async def test_deleted_resource_is_left_alone(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_deployment(cluster, "shop", "gone", replicas=1)
+    spec = autoscaler_spec(
+        model={"uri": str(model_dir)}, scaleTargetRef={"kind": "Deployment", "name": "gone"}
+    )
+    add_autoscaler(cluster, "shop", "gone", spec)
+    path = "/apis/harmony.dev/v1alpha1/namespaces/shop/harmonyautoscalers/gone"
+    with running_operator(monkeypatch, prometheus.url) as runner:
+        await wait_for(lambda: status(cluster, "shop", "gone").get("desiredReplicas") is not None)
+        resp = await cluster.delete(path)
+        assert resp.status == 200
+        await wait_for(lambda: cluster.objects[HMA, "shop", "gone"].deleted, timeout=20)
+        seen = len(list(cluster))
+        await asyncio.sleep(5)  # more than two intervals
+        later = list(cluster)[seen:]
+    assert runner.exception is None, runner.output
+    touching = [
+        r
+        for r in later
+        if "/gone" in r.url.path
+        or (r.data and isinstance(r.data, dict) and json.dumps(r.data).find('"gone"') >= 0)
+    ]
+    assert touching == []
