@@ -1,0 +1,285 @@
+"""The operator's parts against known answers and real servers: spec validation, the Prometheus client on
+the real backfilled Prometheus, leader election on the HTTP Kubernetes API, the model cache on a real MLflow
+store, batched sampling, and decision state kept across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from harmony_operator.batching import BatchSampler
+from harmony_operator.kube import KubeClient
+from harmony_operator.leader import LeaderElector
+from harmony_operator.models import LoadedModel, ModelCache, ModelError, check_indicators
+from harmony_operator.prometheus import MetricsError, PrometheusClient
+from harmony_operator.reconcile import window_steps
+from harmony_operator.spec import SpecError, parse_duration, parse_spec
+from operator_harness import (  # type: ignore[import-not-found]
+    LOOKBACK,
+    STEP_S,
+    Cluster,
+    PrometheusServer,
+)
+
+from harmony.model.base import Forecaster
+
+MINIMAL: dict[str, Any] = {
+    "scaleTargetRef": {"name": "web"},
+    "maxReplicas": 10,
+    "indicators": [{"name": "requests", "query": "sum(rate(x[1m]))", "capacityPerReplica": 20}],
+}
+
+
+# --- spec -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("60s", 60.0), ("5m", 300.0), ("1m30s", 90.0), ("250ms", 0.25), ("1.5h", 5400.0), ("0s", 0.0), (45, 45.0)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text, "interval") == seconds
+
+
+@pytest.mark.parametrize("text", ["1 minute", "60", "-5s", "5d", "", "s", "1m 30s"])
+def test_bad_durations_name_the_field(text: str) -> None:
+    with pytest.raises(SpecError, match=r"^spec\.interval: expected a duration"):
+        parse_duration(text, "interval")
+
+
+def test_minimal_spec_gets_the_crd_defaults() -> None:
+    s = parse_spec(MINIMAL)
+    assert (s.target_kind, s.target_plural, s.min_replicas, s.mode) == ("Deployment", "deployments", 1, "Apply")
+    assert (s.interval_s, s.lead_time_s, s.scale_down_stabilization_s) == (60.0, 0.0, 300.0)
+    assert (s.max_violation_probability, s.replica_hour_price, s.violation_penalty) == (0.01, 1.0, 0.0)
+    assert (s.fallback_target_utilization, s.fallback_margin) == (0.7, 0.1)
+    assert s.capacities == {"requests": 20.0} and s.model_uri is None
+    cfg = s.decision_config(lead_steps=2)
+    assert (cfg.max_replicas, cfg.min_replicas, cfg.interval_s, cfg.lead_steps) == (10, 1, 60.0, 2)
+    assert cfg.capacities == {"requests": 20.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"mode": "Auto"}, "mode"),
+        ({"minReplicas": 0}, "minReplicas"),
+        ({"minReplicas": 11}, "minReplicas"),
+        ({"maxReplicas": "ten"}, "maxReplicas"),
+        ({"slo": {"maxViolationProbability": 1.5}}, "slo.maxViolationProbability"),
+        ({"interval": "1 minute"}, "interval"),
+        ({"interval": "500ms"}, "interval"),
+        ({"indicators": []}, "indicators"),
+        ({"indicators": [{"name": "requests"}]}, "indicators[0].query"),
+        ({"indicators": [{"name": "cpu", "query": "x"}]}, "indicators"),
+        ({"indicators": [{"name": "a", "query": "x", "capacityPerReplica": 1},
+                         {"name": "a", "query": "y"}]}, "indicators[1].name"),
+        ({"indicators": [{"name": "a", "query": "x", "capacityPerReplica": 0}]}, "indicators[0].capacityPerReplica"),
+        ({"scaleTargetRef": {"kind": "DaemonSet", "name": "web"}}, "scaleTargetRef.kind"),
+        ({"scaleTargetRef": None}, "scaleTargetRef"),
+        ({"model": {"uri": " "}}, "model.uri"),
+        ({"behavior": {"maxScaleUpStep": 0}}, "behavior.maxScaleUpStep"),
+        ({"fallback": {"targetUtilization": 0}}, "fallback.targetUtilization"),
+    ],
+)
+def test_invalid_specs_name_the_field(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({**MINIMAL, **change})
+    assert info.value.field == field
+    assert str(info.value).startswith(f"spec.{field}: ")
+
+
+# --- which horizon steps a decision covers ------------------------------------------------------------
+
+
+def test_window_steps(model_dir: Path) -> None:
+    model = LoadedModel("x", "1", Forecaster.load(model_dir), 0.0)  # 10-min steps, horizon 6, lead 0
+    assert window_steps(model, 0.0, 600.0) == [0]
+    assert window_steps(model, 0.0, 1800.0) == [0, 1, 2]
+    assert window_steps(model, 600.0, 1200.0) == [1, 2]
+    assert window_steps(model, 0.0, 60.0) == [0]  # shorter than a step: the first step after the lead
+    assert window_steps(model, 7200.0, 600.0) == [5]  # past the horizon: the last step
+
+
+# --- Prometheus ----------------------------------------------------------------------------------------
+
+
+async def test_history_reads_back_the_real_trace(prometheus: PrometheusServer) -> None:
+    end = math.floor(prometheus.now / STEP_S) * STEP_S
+    async with aiohttp.ClientSession() as http:
+        client = PrometheusClient(prometheus.url, http)
+        h = await client.history(
+            [("load", 'fisher_load{container="container1"}'), ("cpu", 'fisher_cpu_cores{container="container1"}')],
+            end, STEP_S, LOOKBACK, stale_after_s=1800,
+        )
+    k = int(np.flatnonzero(prometheus.times == end)[0])
+    np.testing.assert_array_equal(h.times, prometheus.times[k - LOOKBACK + 1 : k + 1])
+    np.testing.assert_allclose(h.values[:, 0], prometheus.load[k - LOOKBACK + 1 : k + 1], rtol=1e-12)
+    np.testing.assert_allclose(h.values[:, 1], prometheus.cpu[k - LOOKBACK + 1 : k + 1], rtol=1e-12)
+    assert h.filled == 0
+    assert h.latest() == {"load": prometheus.load[k], "cpu": prometheus.cpu[k]}
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ('fisher_never_exported{container="container1"}', "NoData"),
+        ('fisher_load_nan{container="container1"}', "NoData"),
+        ('fisher_load_stale{container="container1"}', "StaleData"),
+        ('{__name__=~"fisher_load|fisher_cpu_cores"}', "AmbiguousQuery"),
+        ("sum(fisher_load", "QueryError"),
+    ],
+)
+async def test_history_faults(prometheus: PrometheusServer, query: str, reason: str) -> None:
+    end = math.floor(prometheus.now / STEP_S) * STEP_S
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(MetricsError) as info:
+            await PrometheusClient(prometheus.url, http).history([("load", query)], end, STEP_S, LOOKBACK,
+                                                                 stale_after_s=1800)
+    assert info.value.reason == reason
+    assert info.value.indicator == "load"
+
+
+async def test_history_unreachable() -> None:
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(MetricsError) as info:
+            await PrometheusClient("http://127.0.0.1:9", http, timeout_s=2).history(
+                [("load", "up")], 1e9, 60, 10, stale_after_s=180)
+    assert info.value.reason == "PrometheusUnreachable"
+
+
+# --- leader election ------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_leader_election_one_holder_takeover_and_release(cluster: Cluster) -> None:
+    clock = Clock(1_800_000_000.0)
+    async with KubeClient() as kube_a, KubeClient() as kube_b:
+        a = LeaderElector(kube_a, "ops", "lease", "a", lease_s=15, renew_deadline_s=10, clock=clock)
+        b = LeaderElector(kube_b, "ops", "lease", "b", lease_s=15, renew_deadline_s=10, clock=clock)
+        assert await a.try_acquire_or_renew() is True
+        assert await b.try_acquire_or_renew() is False
+        assert (a.is_leader, b.is_leader) == (True, False)
+        clock.t += 5
+        assert await a.try_acquire_or_renew() is True  # renewal
+        assert await b.try_acquire_or_renew() is False
+        # a stops renewing: it stops acting after the renew deadline, before b may take over ...
+        clock.t += 11
+        assert a.is_leader is False
+        assert await b.try_acquire_or_renew() is False  # 11 s < 15 s lease: still a's
+        # ... and b takes over once the lease has expired.
+        clock.t += 5
+        assert await b.try_acquire_or_renew() is True
+        lease = cluster.objects["coordination.k8s.io/v1/leases", "ops", "lease"]
+        assert lease["spec"]["holderIdentity"] == "b"
+        assert lease["spec"]["leaseTransitions"] == 1
+        assert await a.try_acquire_or_renew() is False
+        # A clean shutdown hands over at once.
+        await b.release()
+        assert lease_holder(cluster) == ""
+        assert await a.try_acquire_or_renew() is True
+        assert cluster.objects["coordination.k8s.io/v1/leases", "ops", "lease"]["spec"]["leaseTransitions"] == 2
+
+
+def lease_holder(cluster: Cluster) -> str:
+    return str(cluster.objects["coordination.k8s.io/v1/leases", "ops", "lease"]["spec"]["holderIdentity"])
+
+
+async def test_leader_election_loses_a_write_race(cluster: Cluster) -> None:
+    """Two contenders read the same expired lease; the API server's resourceVersion check lets one win."""
+    clock = Clock(1_800_000_000.0)
+    async with KubeClient() as kube:
+        first = LeaderElector(kube, "ops", "lease", "first", clock=clock)
+        assert await first.try_acquire_or_renew() is True
+        clock.t += 60  # expired
+        a = LeaderElector(kube, "ops", "lease", "a", clock=clock)
+        b = LeaderElector(kube, "ops", "lease", "b", clock=clock)
+        won = await asyncio.gather(a.try_acquire_or_renew(), b.try_acquire_or_renew())
+    assert sorted(won) == [False, True]
+    assert lease_holder(cluster) == ("a" if won[0] else "b")
+
+
+# --- models ------------------------------------------------------------------------------------------------
+
+
+async def test_model_cache_loads_local_directories_and_follows_uri_changes(model_dir: Path, tmp_path: Path,
+                                                                         load_trace: Any) -> None:
+    cache = ModelCache(tmp_path / "cache")
+    first = await cache.get(str(model_dir))
+    again = await cache.get(str(model_dir))
+    assert first is again and cache.loads == 1
+    assert first.forecaster.spec.indicators == ("load", "cpu_cores")
+    check_indicators(first, ["load", "cpu_cores", "extra"], ["load"])
+    with pytest.raises(ModelError, match="lacks") as info:
+        check_indicators(first, ["load"], ["load"])
+    assert info.value.reason == "ModelMismatch"
+    with pytest.raises(ModelError, match="not forecast") as info:
+        check_indicators(first, ["load", "cpu_cores"], ["cpu_cores"])
+    # A new URI is a new model.
+    other = tmp_path / "other"
+    first.forecaster.save(other)
+    assert (await cache.get(str(other))).uri == str(other) and cache.loads == 2
+    for uri, reason in ((str(tmp_path / "missing"), "ModelNotFound"), (str(tmp_path / "cache"), "ModelCorrupt")):
+        with pytest.raises(ModelError) as info:
+            await cache.get(uri)
+        assert info.value.reason == reason
+
+
+async def test_model_cache_reads_the_mlflow_registry(model_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from harmony.model import mlflow_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    forecaster = Forecaster.load(model_dir)
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(
+            name="forecaster", python_model=mlflow_model.__file__,
+            artifacts={mlflow_model.FORECASTER_ARTIFACT: str(model_dir)},
+            signature=mlflow_model.model_signature(forecaster), registered_model_name="fisher-load",
+        )
+    MlflowClient().set_registered_model_alias("fisher-load", "champion", "1")
+    cache = ModelCache(tmp_path / "cache")
+    for uri in ("models:/fisher-load/1", "models:/fisher-load@champion", "models:/fisher-load/latest"):
+        m = await cache.get(uri)
+        assert m.version == "1"
+        assert m.forecaster.spec == forecaster.spec
+    with pytest.raises(ModelError) as info:
+        await cache.get("models:/no-such-model/1")
+    assert info.value.reason == "ModelNotFound"
+
+
+# --- batched sampling ---------------------------------------------------------------------------------------
+
+
+async def test_batched_sampling_equals_one_batched_call(model_dir: Path, prometheus: PrometheusServer) -> None:
+    forecaster = Forecaster.load(model_dir)
+    sampler = BatchSampler(num_samples=50, window_s=0.05)
+    values = np.stack([prometheus.load, prometheus.cpu], axis=1)
+    hists = [values[k : k + LOOKBACK] for k in (0, 50, 100)]
+    times = [float(prometheus.times[k + LOOKBACK - 1]) for k in (0, 50, 100)]
+    seeds = [11, 22, 33]
+    got = await asyncio.gather(*(sampler.sample(forecaster, h, t, s) for h, t, s in zip(hists, times, seeds,
+                                                                                          strict=True)))
+    sampler.close()
+    assert sampler.batches == 1 and sampler.last_batch_size == 3
+    direct = forecaster.sample(np.stack(hists).astype(np.float32), 50,
+                               np.array([int(t * 1e9) for t in times], dtype=np.int64), seed=11 ^ 22 ^ 33)
+    for k in range(3):
+        assert got[k].shape == (50, 6, 1)
+        np.testing.assert_allclose(got[k], direct[k])
