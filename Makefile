@@ -13,7 +13,7 @@ ifeq ($(origin HARMONY_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test lint bench clean venv prometheus
 
 venv: $(STAMP)
 
@@ -32,15 +32,23 @@ demo: $(STAMP)
 	$(BIN)/harmony datasets show fisher_containers --series container1 --plot reports/fisher_container1.png
 	$(BIN)/harmony backtest --config configs/backtest/fisher_containers.yaml
 
-test: $(STAMP)
+# The operator tests start a real Prometheus (Debian package `prometheus`: server + promtool).
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; \
+	  else echo "install the Debian package prometheus (sudo apt-get install prometheus)" >&2; exit 1; fi; }
+
+test: $(STAMP) prometheus
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check harmony operator tests benchmarks
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) prometheus
 	$(BIN)/python -m benchmarks.data_load
+	$(BIN)/python -m benchmarks.operator_scale
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache
