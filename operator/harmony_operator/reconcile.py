@@ -94,6 +94,7 @@ class _Memory:
     pending: tuple[float, dict[str, float]] | None = None  # (time, median forecast) to score later
     failures: int = 0
     last_warning: dict[str, str] = field(default_factory=dict)
+    last_desired: int | None = None  # what shadow mode would have set: its outcomes are judged against it
 
 
 class _Conditions:
@@ -337,13 +338,17 @@ class Reconciler:
                 + (f", {history.filled} gap(s) interpolated" if history.filled else ""),
             )
 
+        # In shadow mode the replicas in place are someone else's: calibration, stabilisation and step limits
+        # follow the replicas harmony would have set.
+        acting = current if spec.apply or mem.last_desired is None else mem.last_desired
+
         # 6. calibration feedback and forecast error from what has been realised since the last decision ---
         latest: dict[str, float] | None = None
         if history is not None:
             latest = history.latest()
             newest = float(history.times[-1])
-            if newest > mem.last_observed and mem.decider is not None and mem.last_observed > -math.inf:
-                decider.observe({k: latest[k] for k in spec.capacities}, current)
+            if newest > mem.last_observed and mem.last_observed > -math.inf:
+                decider.observe({k: latest[k] for k in spec.capacities}, acting)
             mem.last_observed = max(mem.last_observed, newest)
             self._score_pending(mem, history, labels)
 
@@ -364,13 +369,14 @@ class Reconciler:
                 conds.set("ModelLoaded", False, "ForecastFailed", str(exc))
         if draws is not None and model is not None:
             decision = decider.decide(
-                draws, list(model.forecaster.spec.targets), current, now, current_demand=latest
+                draws, list(model.forecaster.spec.targets), acting, now, current_demand=latest
             )
             self._remember_forecast(mem, model, draws, window or [0], history)
         else:
             why = metrics_problem or model_problem or "no forecast"
-            decision = decider.decide(None, [], current, now, current_demand=latest, fallback_reason=why)
+            decision = decider.decide(None, [], acting, now, current_demand=latest, fallback_reason=why)
         desired = self._safe(decision.replicas, spec)
+        mem.last_desired = desired
 
         # 8. act -------------------------------------------------------------------------------------------
         kind = "fallback" if decision.fallback else "forecast"

@@ -283,3 +283,37 @@ async def test_batched_sampling_equals_one_batched_call(model_dir: Path, prometh
     for k in range(3):
         assert got[k].shape == (50, 6, 1)
         np.testing.assert_allclose(got[k], direct[k])
+
+
+# --- decision state survives a restart ----------------------------------------------------------------------
+
+
+async def test_decision_state_is_restored_from_status(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path
+) -> None:
+    """A new operator (restart, new leader) continues the calibration posterior written in the status."""
+    from operator_harness import add_deployment, autoscaler_spec  # type: ignore[import-not-found]
+
+    from harmony.decision import Decider
+    from harmony_operator.metrics import OperatorMetrics
+    from harmony_operator.reconcile import Reconciler, ReconcilerSettings
+
+    add_deployment(cluster, "shop", "web", replicas=2)
+    spec = autoscaler_spec(model={"uri": str(model_dir)})
+    earlier = Decider(parse_spec(spec).decision_config())
+    for violated in (True, False, True, True, False):  # a forecast that was too low 3 times in 5
+        earlier.decide(np.full((100, 1, 1), 1.0), ["load"], 2, 0.0)
+        earlier.observe({"load": 5.0 if violated else 0.5}, 2)
+    saved = earlier.state_dict()
+    async with aiohttp.ClientSession() as http, KubeClient() as kube:
+        rec = Reconciler(kube, PrometheusClient(prometheus.url, http), ModelCache(), BatchSampler(100),
+                         OperatorMetrics(), ReconcilerSettings(stale_min_s=1800))
+        out = await rec.reconcile("shop", "web", spec, {"state": saved}, 1)
+    cal = out.status["calibration"]
+    expected = earlier.tracker.summary()
+    assert earlier.tracker.n_updates == 5
+    assert cal["alpha"] == pytest.approx(expected["alpha"], abs=1e-6)
+    assert cal["beta"] == pytest.approx(expected["beta"], abs=1e-6)
+    assert cal["workingQuantile"] == pytest.approx(expected["working_quantile"], abs=1e-6)
+    assert cal["workingQuantile"] > 1 - 0.05  # three violations in five raised it above the target's p95
+    assert out.status["state"]["tracker"]["n_updates"] == 5
