@@ -292,11 +292,11 @@ async def test_decision_state_is_restored_from_status(
     cluster: Cluster, prometheus: PrometheusServer, model_dir: Path
 ) -> None:
     """A new operator (restart, new leader) continues the calibration posterior written in the status."""
+    from harmony_operator.metrics import OperatorMetrics
+    from harmony_operator.reconcile import Reconciler, ReconcilerSettings
     from operator_harness import add_deployment, autoscaler_spec  # type: ignore[import-not-found]
 
     from harmony.decision import Decider
-    from harmony_operator.metrics import OperatorMetrics
-    from harmony_operator.reconcile import Reconciler, ReconcilerSettings
 
     add_deployment(cluster, "shop", "web", replicas=2)
     spec = autoscaler_spec(model={"uri": str(model_dir)})
