@@ -317,3 +317,25 @@ async def test_decision_state_is_restored_from_status(
     assert cal["workingQuantile"] == pytest.approx(expected["working_quantile"], abs=1e-6)
     assert cal["workingQuantile"] > 1 - 0.05  # three violations in five raised it above the target's p95
     assert out.status["state"]["tracker"]["n_updates"] == 5
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+
+
+def test_command_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from harmony_operator.__main__ import parse_args
+
+    monkeypatch.delenv("HARMONY_PROMETHEUS_URL", raising=False)
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    args = parse_args(["--prometheus-url", "http://prom:9090", "-n", "a", "-n", "b", "--lease-namespace", "ops"])
+    assert (args.namespace, args.lease_namespace, args.metrics_port, args.health_port) == (["a", "b"], "ops",
+                                                                                            9090, 8080)
+    for argv, message in (
+        ([], "--prometheus-url"),
+        (["--prometheus-url", "http://p"], "--lease-namespace"),
+        (["--prometheus-url", "http://p", "--no-leader-election", "--num-samples", "5"], "--num-samples"),
+        (["--prometheus-url", "http://p", "-A", "-n", "x", "--no-leader-election"], "not allowed with"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err
