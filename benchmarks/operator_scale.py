@@ -1,6 +1,6 @@
 """How many HarmonyAutoscalers one operator process keeps at their interval: latency, throughput, memory.
 
-    python -m benchmarks.operator_scale [--resources 500] [--model harmony|seasonal_naive] [--spread 10]
+    python -m benchmarks.operator_scale [--resources 500] [--model harmony|seasonal_naive] [--spread 60]
 
 Real components: a Prometheus server (Debian package) backfilled with the Fisher trace's ten containers
 (load and CPU, re-timed to end now), an HTTP server answering the Kubernetes API calls of the loop (/scale
@@ -216,7 +216,7 @@ async def one_round(
     from harmony_operator.metrics import OperatorMetrics
     from harmony_operator.reconcile import Outcome, Reconciler, ReconcilerSettings
 
-    sampler = BatchSampler(samples, max_batch=batch, window_s=0.02 if batch > 1 else 0.0)
+    sampler = BatchSampler(samples, max_batch=batch, window_s=0.005 if batch > 1 else 0.0)
     rec = Reconciler(
         kube,
         prom,
@@ -311,7 +311,7 @@ def main() -> None:
     p.add_argument("--resources", type=int, default=500)
     p.add_argument("--model", choices=("harmony", "seasonal_naive"), default="harmony")
     p.add_argument("--samples", type=int, default=100)
-    p.add_argument("--spread", type=float, default=10.0, help="seconds over which the spread round arrives")
+    p.add_argument("--spread", type=float, default=60.0, help="seconds over which the spread round arrives")
     p.add_argument("--threads", type=int, default=1)
     asyncio.run(run(p.parse_args()))
 

@@ -39,7 +39,7 @@ class _Queue:
 
 
 class BatchSampler:
-    def __init__(self, num_samples: int = 100, *, window_s: float = 0.02, max_batch: int = 256) -> None:
+    def __init__(self, num_samples: int = 100, *, window_s: float = 0.005, max_batch: int = 256) -> None:
         self.num_samples = num_samples
         self.window_s = window_s
         self.max_batch = max_batch
