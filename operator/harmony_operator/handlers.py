@@ -154,6 +154,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
+    # The CRD is known at start-up; watching CRDs and namespaces for changes would need RBAC the operator
+    # has no other use for (its ClusterRole grants only what docs/operator.md lists).
+    settings.scanning.disabled = True
     settings.posting.loggers = False  # only the events we post on purpose
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
