@@ -31,7 +31,19 @@ class FanPanel:
     samples: np.ndarray  # [S, H]
 
 
-def _write(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; charts and reports are meant to be shared like any
+# other file the user writes.
+FILE_MODE = 0o666 & ~_umask()
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Save a figure as PNG through a temporary file in the same folder, then rename (atomic)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
@@ -39,6 +51,7 @@ def _write(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     try:
         FigureCanvasAgg(fig)
         fig.savefig(tmp, dpi=dpi, format="png")
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -66,7 +79,7 @@ def fan_chart(path: str | Path, panels: Sequence[FanPanel], *, title: str) -> Pa
     axes[0].legend(fontsize=7, loc="upper left", ncol=5)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _write(fig, path)
+    return save_png(fig, path)
 
 
 def calibration_chart(
@@ -106,4 +119,4 @@ def calibration_chart(
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _write(fig, path)
+    return save_png(fig, path)

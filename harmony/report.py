@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from harmony.backtest import POLICY_ORDER, BacktestResult, ConfigRun, knob_key
+from harmony.plots import FILE_MODE, save_png
 
 __all__ = [
     "METRICS",
@@ -70,15 +70,6 @@ METRICS = (
 MATCHED_METRICS = ("violation_rate", "cost", "replica_hours", "cost_rel_hpa", "cost_rel_oracle")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a parameter value
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files readable by their owner only; a report is meant to be shared like any other file.
-_FILE_MODE = 0o666 & ~_umask()
 
 HOW_TO_READ = (
     "Every policy replayed the test part of the trace: at each decision step it saw only the history up to "
@@ -167,19 +158,7 @@ def format_tables(result: BacktestResult) -> str:
                 str(r["policy"]),
                 "-" if r["policy"] == "oracle" else f"{r['knob_name']}={knob_key(float(r['knob']))}",
                 _pct(r["violation_rate"]),
-                *(
-                    _num(r[k])
-                    for k in (
-                        "cost",
-                        "replica_hours",
-                        "unmet_replica_hours",
-                        "overprovision",
-                        "actions",
-                        "fallbacks",
-                        "cost_rel_hpa",
-                        "cost_rel_oracle",
-                    )
-                ),
+                *(_num(r[k]) for k in METRICS if k != "violation_rate"),
             ]
             for r in sm.to_dict("records")
         ],
@@ -199,23 +178,6 @@ def format_tables(result: BacktestResult) -> str:
 
 
 # --- charts -------------------------------------------------------------------------------------------------
-
-
-def _write(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Save a figure as PNG through a temporary file in the same folder, then rename (atomic)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        FigureCanvasAgg(fig)
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
 
 
 def _need(demand: np.ndarray, capacities: Mapping[str, float]) -> np.ndarray:
@@ -257,7 +219,7 @@ def capacity_chart(result: BacktestResult, path: str | Path, series: str | None 
     axes[0].legend(fontsize=7, loc="upper right", ncol=3)
     fig.suptitle(f"{result.dataset} / {sid}: demand vs capacity over the test part", fontsize=11)
     fig.tight_layout()
-    return _write(fig, path)
+    return save_png(fig, path, dpi=100)
 
 
 def curves_chart(result: BacktestResult, path: str | Path) -> Path:
@@ -299,7 +261,7 @@ def curves_chart(result: BacktestResult, path: str | Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _write(fig, path)
+    return save_png(fig, path, dpi=100)
 
 
 # --- the HTML page ------------------------------------------------------------------------------------------
@@ -401,7 +363,7 @@ def _write_text(path: Path, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
-    os.chmod(tmp, _FILE_MODE)
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)  # atomic: a reader never sees half a report
     return path
 
