@@ -223,7 +223,7 @@ async def one_round(
         models,
         sampler,
         OperatorMetrics(),
-        ReconcilerSettings(num_samples=samples, stale_min_s=1800),
+        ReconcilerSettings(stale_min_s=1800),
     )
     latencies: list[float] = []
 

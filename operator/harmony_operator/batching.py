@@ -11,7 +11,6 @@ resource's draws depend on which others shared its batch, which is harmless for 
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -48,7 +47,6 @@ class BatchSampler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="harmony-sample")
         self.batches = 0
         self.last_batch_size = 0
-        self.last_batch_seconds = 0.0
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -87,11 +85,9 @@ class BatchSampler:
     async def _run(self, forecaster: Forecaster, items: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            started = time.perf_counter()
             draws = await loop.run_in_executor(self._executor, self._compute, forecaster, items)
             self.batches += 1
             self.last_batch_size = len(items)
-            self.last_batch_seconds = time.perf_counter() - started
         except Exception as exc:
             for item in items:
                 if not item.future.done():

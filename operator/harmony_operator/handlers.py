@@ -109,7 +109,7 @@ class Runtime:
             self.models,
             self.sampler,
             self.metrics,
-            ReconcilerSettings(num_samples=options.num_samples, stale_min_s=options.min_staleness_s),
+            ReconcilerSettings(stale_min_s=options.min_staleness_s),
         )
         self.stop = asyncio.Event()
         self.elector: LeaderElector | None = None

@@ -81,15 +81,12 @@ async def retrying(
     retry_on: tuple[type[BaseException], ...] = (ServerError, Unreachable, Conflict),
 ) -> T:
     """`call()` again after 0.2, 0.4, 0.8 s (x jitter) on transient errors; the last error propagates."""
-    for k in range(attempts):
+    for k in range(attempts - 1):
         try:
             return await call()
         except retry_on:
-            if k == attempts - 1:
-                raise
-            delay = min(max_delay_s, base_delay_s * 2**k) * (0.5 + random.random())
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # the loop returns or raises
+            await asyncio.sleep(min(max_delay_s, base_delay_s * 2**k) * (0.5 + random.random()))
+    return await call()
 
 
 CredentialsProvider = Callable[[], kopf.ConnectionInfo | None]

@@ -175,6 +175,3 @@ class ModelCache:
             log.info("loaded model %s (version %s)", uri, loaded.version)
             self._models[uri] = loaded
             return loaded
-
-    def forget(self, uri: str) -> None:
-        self._models.pop(uri, None)

@@ -19,7 +19,6 @@ No path sets fewer than minReplicas (>= 1) replicas: the decision clips, and `_s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -67,13 +66,11 @@ class Outcome:
     status: dict[str, Any]
     events: list[Event]
     next_in_s: float
-    scaled_to: int | None = None
     decision: Decision | None = None
 
 
 @dataclass(frozen=True)
 class ReconcilerSettings:
-    num_samples: int = 100
     # Without a model the fallback needs only the current demand: a short window at this step.
     fallback_step_s: float = 15.0
     fallback_window_s: float = 300.0
@@ -120,9 +117,6 @@ class _Conditions:
         if self._generation is not None:
             cond["observedGeneration"] = self._generation
         self._new[type_] = cond
-
-    def get(self, type_: str) -> dict[str, Any] | None:
-        return self._new.get(type_) or self._old.get(type_)
 
     def render(self) -> list[dict[str, Any]]:
         out = []
@@ -363,6 +357,7 @@ class Reconciler:
                     model.forecaster, history.values[-fspec.lookback :, cols], float(history.times[-1]), seed
                 )
                 draws = full[:, window, :]
+                self.metrics.batch_size.set(self.sampler.last_batch_size)
             except Exception as exc:
                 log.exception("sampling %s/%s failed", namespace, name)
                 model_problem = f"forecast failed ({type(exc).__name__}: {exc})"
@@ -387,7 +382,6 @@ class Reconciler:
             reason_label = "metrics" if metrics_problem else ("model" if model_problem else "miscalibrated")
             self.metrics.fallbacks.labels(*labels, reason_label).inc()
             events.append(Event("Warning", "Fallback", decision.reason))
-        scaled_to: int | None = None
         transient = False
         if spec.apply:
             if desired != current:
@@ -404,7 +398,6 @@ class Reconciler:
                     self.metrics.scale_patches.labels(*labels, "error").inc()
                     transient = True
                 else:
-                    scaled_to = desired
                     status["lastScaleTime"] = _iso(now)
                     status["currentReplicas"] = desired
                     self.metrics.scale_patches.labels(*labels, "success").inc()
@@ -459,7 +452,7 @@ class Reconciler:
             conds.set("Ready", False, "MetricsUnavailable", f"holding replicas: {ready_problem}")
         status["conditions"] = conds.render()
         next_in = self._retry_in(mem, spec.interval_s, transient=transient or metrics_problem is not None)
-        return Outcome(status, events, next_in, scaled_to, decision)
+        return Outcome(status, events, next_in, decision)
 
     # helpers ------------------------------------------------------------------------------------------
     def _retry_in(self, mem: _Memory, interval_s: float, *, transient: bool) -> float:
@@ -558,13 +551,3 @@ class Reconciler:
                     self.metrics.forecast_error.labels(*labels).observe(abs(realised - m) / realised)
         mem.pending = None
 
-
-async def gather_limited(coros: Sequence[Any], limit: int) -> list[Any]:
-    """Run coroutines with at most `limit` at once (the benchmark's many resources)."""
-    sem = asyncio.Semaphore(limit)
-
-    async def one(c: Any) -> Any:
-        async with sem:
-            return await c
-
-    return await asyncio.gather(*(one(c) for c in coros))

@@ -234,17 +234,15 @@ def cluster(kmock: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     return kmock
 
 
+def _metadata(namespace: str, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()), "resourceVersion": "1", "generation": 1}
+
+
 def add_deployment(cluster: Cluster, namespace: str, name: str, replicas: int = 1) -> None:
     cluster.objects["apps/v1/deployments", namespace, name] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "uid": str(uuid.uuid4()),
-            "resourceVersion": "1",
-            "generation": 1,
-        },
+        "metadata": _metadata(namespace, name),
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}},
         "status": {"replicas": replicas},
     }
@@ -254,13 +252,7 @@ def add_autoscaler(cluster: Cluster, namespace: str, name: str, spec: dict[str, 
     cluster.objects["harmony.dev/v1alpha1/harmonyautoscalers", namespace, name] = {
         "apiVersion": "harmony.dev/v1alpha1",
         "kind": "HarmonyAutoscaler",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "uid": str(uuid.uuid4()),
-            "resourceVersion": "1",
-            "generation": 1,
-        },
+        "metadata": _metadata(namespace, name),
         "spec": spec,
     }
 

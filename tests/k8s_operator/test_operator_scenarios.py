@@ -154,6 +154,7 @@ async def test_apply_scales_the_target_and_explains_the_decision(
     assert 'harmony_operator_desired_replicas{name="web",namespace="shop"}' in metrics
     assert "harmony_operator_reconcile_seconds_bucket" in metrics
     assert "harmony_operator_leader 1.0" in metrics
+    assert "harmony_operator_inference_batch_size 1.0" in metrics  # one resource, one per batch
 
 
 async def test_recommend_mode_never_patches_the_target(
