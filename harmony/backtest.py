@@ -93,6 +93,7 @@ __all__ = [
     "Settings",
     "StaticSweep",
     "cost_at_rate",
+    "cost_bound",
     "forecast_draws",
     "knob_key",
     "load_backtest_config",
@@ -970,6 +971,44 @@ def cost_at_rate(rates: Sequence[float], values: Sequence[float], target: float)
     return lo[1] + w * (hi[1] - lo[1]), [lo[2], hi[2]]
 
 
+def cost_bound(demand: Mapping[str, FloatArray], settings: Settings, rate: float, step_s: float) -> float:
+    """The least cost any policy can reach with at most `rate` of the scored steps violated.
+
+    Each scored step (any demand known) needs `n = max_i ceil(d_i / c_i)` replicas, clipped to
+    [min_replicas, max_replicas]; a step whose need is above max_replicas is violated by every policy. A
+    policy that violates a step pays at least min_replicas there plus the penalty, so the cheapest way to
+    spend the budget of `floor(rate x steps)` violations is on the steps that save the most, as long as the
+    saving beats the penalty. Lead time, decision interval and stabilisation only add to the cost, so no
+    policy at that violation rate is cheaper: the cost-at-rate tables can be read against it. With rate 0 it
+    is the oracle's cost when max_replicas never binds. `demand[series]` is [steps, D] over the scored steps
+    in `settings.names` order, NaN where unknown; `step_s` the length of a step in seconds.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate must be in [0, 1), got {rate}")
+    sc = settings.scaling
+    caps = np.array([settings.capacities[n] for n in settings.names], dtype=np.float64)
+    needs: list[FloatArray] = []
+    for d in demand.values():
+        known = np.isfinite(d).any(axis=1)
+        ratio = np.where(np.isfinite(d), d / caps, -np.inf).max(axis=1)[known]
+        needs.append(np.array([ceil_replicas(float(x)) for x in ratio], dtype=np.float64))
+    need = np.concatenate(needs) if needs else np.zeros(0)
+    if need.size == 0:
+        return math.nan
+    forced = need > sc.max_replicas
+    need = np.clip(need, sc.min_replicas, sc.max_replicas)
+    hour = step_s / 3600.0
+    price, penalty = settings.replica_hour_price, settings.violation_penalty
+    budget = math.floor(rate * need.size + 1e-9) - int(forced.sum())
+    # Forced violations: the max_replicas count is in place and the step is violated anyway; the cheapest
+    # count there is min_replicas (the step is lost at any count).
+    cost = price * hour * (need[~forced].sum() + sc.min_replicas * forced.sum()) + penalty * forced.sum()
+    if budget > 0:
+        savings = np.sort(price * hour * (need[~forced] - sc.min_replicas) - penalty)[::-1][:budget]
+        cost -= float(savings[savings > 0].sum())
+    return float(cost)
+
+
 @dataclass
 class BacktestResult:
     """Per-run table, summaries and what the report draws.
@@ -990,6 +1029,23 @@ class BacktestResult:
     skipped: dict[str, str]
     seconds: dict[str, float]
     info: dict[str, str] = field(default_factory=dict)
+    bound: float = math.nan  # cost_bound at the target violation rate: no policy there costs less
+
+    def bound_text(self) -> str:
+        """The lower bound at the target rate in words, relative to the oracle and the HPA there."""
+        rate = f"{100 * self.settings.target_violation_rate:g}%"
+        if not math.isfinite(self.bound):
+            return f"lower bound at {rate} violations: -"
+        rel = []
+        for policy in ("oracle", "hpa"):
+            row = self.matched[self.matched["policy"] == policy]
+            if len(row) and math.isfinite(float(row["cost"].iloc[0])) and float(row["cost"].iloc[0]) > 0:
+                rel.append(f"{self.bound / float(row['cost'].iloc[0]):.3g}x the {policy}")
+        extra = f" ({', '.join(rel)})" if rel else ""
+        return (
+            f"lower bound at {rate} violations: cost {self.bound:.6g}{extra}; "
+            "no policy at that rate is cheaper"
+        )
 
     @property
     def series(self) -> list[str]:
@@ -1186,6 +1242,12 @@ def run_backtest(
         times={d.series: d.index[d.scored] for d in datas},
         skipped=skipped,
         seconds=seconds,
+        bound=cost_bound(
+            {d.series: d.demand[d.scored] for d in datas},
+            settings,
+            settings.target_violation_rate,
+            datas[0].step_s,
+        ),
     )
 
 

@@ -171,8 +171,9 @@ def format_tables(result: BacktestResult) -> str:
     )
     return (
         f"{head}\n\nat the target violation rate {100 * target:g}% (vs_hpa, vs_oracle: cost relative to "
-        f"the HPA and to the oracle there)\n{matched}\n\nevery policy and knob (summed over series; spare = "
-        "mean spare replicas, unmet_h = replica-hours of unmet demand; vs_hpa at the same violation rate)\n"
+        f"the HPA and to the oracle there)\n{matched}\n{result.bound_text()}\n\n"
+        "every policy and knob (summed over series; spare = mean spare replicas, unmet_h = replica-hours of "
+        "unmet demand; vs_hpa at the same violation rate)\n"
         f"{sweep}"
     )
 
@@ -312,6 +313,7 @@ def html_report(
             f"{s.replica_hour_price:g} per replica-hour / {s.violation_penalty:g} per violated step"
         ),
         "capacities": ", ".join(f"{k} {v:g}" for k, v in s.capacities.items()),
+        "lower bound": result.bound_text(),
         **(info or {}),
         **{f"time: {k}": f"{v:.1f} s" for k, v in result.seconds.items() if v},
     }
@@ -409,6 +411,7 @@ def run_metrics(result: BacktestResult) -> dict[str, float]:
     for r in result.matched.to_dict("records"):
         for name in MATCHED_METRICS:
             out[metric_key("target", str(r["policy"]), name)] = float(r[name])
+    out[metric_key("target", "bound", "cost")] = float(result.bound)
     for k, v in result.seconds.items():
         out[metric_key("seconds", k)] = float(v)
     return {k: v for k, v in out.items() if math.isfinite(v)}

@@ -23,9 +23,11 @@ from mlflow import MlflowClient
 from harmony.backtest import (
     BacktestResult,
     PoliciesConfig,
+    ScalingConfig,
     Settings,
     build_policy,
     cost_at_rate,
+    cost_bound,
     forecast_draws,
     knob_key,
     load_backtest_config,
@@ -204,6 +206,45 @@ def test_cost_at_a_matched_rate_reads_the_pareto_front() -> None:
     assert math.isnan(cost_at_rate([0.02, 0.03], [1.0, 2.0], 0.01)[0])  # never gets down to 1%
 
 
+def test_the_cost_bound_by_hand() -> None:
+    # One replica serves 2 units; 1..4 replicas; 1 per replica-hour, 0.5 per violated one-hour step.
+    s = Settings(
+        capacities={"a": 2.0},
+        lead_time=1,
+        violation_penalty=0.5,
+        scaling=ScalingConfig(min_replicas=1, max_replicas=4),
+    )
+    demand = {
+        "s1": np.array([[1.0], [3.0], [8.0], [5.0], [np.nan]]),  # needs 1, 2, 4, 3; the last step unknown
+        "s2": np.array([[10.0], [2.0]]),  # needs 5 (> max: violated by every policy), then 1
+    }
+    # No budget: every need (11) + the forced step at min_replicas (1) and its penalty (0.5).
+    assert cost_bound(demand, s, 0.0, 3600.0) == pytest.approx(12.5)
+    # 6 known steps x 0.34 = 2 violations, one taken by the forced step: skip the need-4 step (saves 3 - 0.5).
+    assert cost_bound(demand, s, 0.34, 3600.0) == pytest.approx(10.0)
+    # 3 violations: also the need-3 step (saves 2 - 0.5); a need-1 step saves nothing and is never skipped.
+    assert cost_bound(demand, s, 0.5, 3600.0) == pytest.approx(8.5)
+    assert cost_bound(demand, s, 0.99, 3600.0) == pytest.approx(12.5 - 2.5 - 1.5 - 0.5)
+    # Ten-minute steps: the replica part is a sixth, the penalties are not.
+    assert cost_bound(demand, s, 0.0, 600.0) == pytest.approx(12 / 6 + 0.5)
+    with pytest.raises(ValueError, match="rate"):
+        cost_bound(demand, s, 1.0, 3600.0)
+
+
+def test_no_policy_beats_the_cost_bound(swept: BacktestResult) -> None:
+    s = swept.settings
+    oracle = float(swept.summary.set_index("policy").loc["oracle", "cost"])
+    # At rate 0 the bound is the oracle's cost (max_replicas never binds here).
+    assert cost_bound(swept.demand, s, 0.0, 600.0) == pytest.approx(oracle)
+    assert swept.bound < oracle
+    for row in swept.summary.itertuples():
+        assert row.cost >= cost_bound(swept.demand, s, float(row.violation_rate), 600.0) - 1e-9, row
+    for row in swept.matched.itertuples():
+        if math.isfinite(row.cost):
+            assert row.cost >= swept.bound - 1e-9, row
+    assert swept.bound_text().startswith("lower bound at 1% violations: cost ")
+
+
 # --- the command line, the report and MLflow -------------------------------------------------------------------
 
 
@@ -284,7 +325,10 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, monkeypatch: pytest.Mon
 
     # The printed tables are the run's metrics.
     matched = text[text.index("at the target violation rate 2%") : text.index("every policy and knob")]
-    rows = [line.split() for line in matched.splitlines()[3:] if line.strip()]
+    *table, bound = [line for line in matched.splitlines()[3:] if line.strip()]
+    rows = [line.split() for line in table]
+    assert bound.startswith("lower bound at 2% violations: cost ")
+    assert metrics["target/bound/cost"] == pytest.approx(float(bound.split()[6]), rel=1e-5)
     assert [r[0] for r in rows] == ["harmony", "quantile", "point", "hpa", "oracle"]
     checked = 0
     for policy, _knob, viol, cost, hours, vs_hpa, vs_oracle in rows:
