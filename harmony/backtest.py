@@ -747,6 +747,33 @@ def check_forecaster(forecaster: Forecaster, trace: Trace, settings: Settings) -
     return j0, window
 
 
+# The operator's rules for a usable lookback (harmony_operator: ReconcilerSettings.max_missing_fraction and
+# stale_steps): each indicator may miss up to a fifth of the steps, filled by linear interpolation (held flat
+# beyond its first/last known value), and its newest known value must be at most 3 steps old.
+MAX_MISSING_FRACTION = 0.2
+STALE_STEPS = 3
+
+
+def usable_lookback(window: NDArray[np.float32]) -> NDArray[np.float32] | None:
+    """`window` [steps, indicators] with its gaps filled as the operator fills them, or None when the
+    operator would not forecast from it (too many gaps, stale, or an indicator without any value)."""
+    ok = np.isfinite(window)
+    if ok.all():
+        return window
+    steps = window.shape[0]
+    out = window.copy()
+    grid = np.arange(steps, dtype=np.float64)
+    for k in range(window.shape[1]):
+        known = np.flatnonzero(ok[:, k])
+        if known.size == 0 or steps - known.size > MAX_MISSING_FRACTION * steps:
+            return None
+        if steps - 1 - known[-1] > STALE_STEPS:
+            return None
+        if known.size < steps:
+            out[:, k] = np.interp(grid, known.astype(np.float64), window[known, k].astype(np.float64))
+    return out
+
+
 def forecast_draws(
     forecaster: Forecaster,
     trace: Trace,
@@ -757,8 +784,9 @@ def forecast_draws(
 ) -> dict[str, Draws]:
     """Draws for every decision of every series, in batched `sample` calls across series and steps.
 
-    Each decision's draws come from its own lookback (steps tau - lookback .. tau - 1) only; a lookback with
-    a missing value gets None (the forecast policies then use their fallback, as with stale metrics).
+    Each decision's draws come from its own lookback (steps tau - lookback .. tau - 1) only. Gaps in it are
+    filled as the operator fills them (`usable_lookback`); a lookback the operator could not use gets None
+    (the forecast policies then use their fallback, as the operator does).
     Batch k is drawn with seed `settings.seed + seed_offset + k * batch_windows`; `seed_offset` keeps the
     seeds of successive groups of series apart.
     """
@@ -776,9 +804,11 @@ def forecast_draws(
         bad = np.concatenate(([0], np.cumsum(~np.isfinite(values).all(axis=1))))
         for k, tau in enumerate(data.decisions):
             t = int(tau)
-            if t - lb < 0 or bad[t] - bad[t - lb] > 0:
+            if t - lb < 0:
                 continue
-            jobs.append((data.series, k, values[t - lb : t], int(times[t - 1])))
+            history = values[t - lb : t] if bad[t] == bad[t - lb] else usable_lookback(values[t - lb : t])
+            if history is not None:
+                jobs.append((data.series, k, history, int(times[t - 1])))
     for i in range(0, len(jobs), settings.batch_windows):
         chunk = jobs[i : i + settings.batch_windows]
         history = np.stack([h for _, _, h, _ in chunk])

@@ -7,6 +7,7 @@ naive forecaster, so each test takes seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -480,3 +481,51 @@ def test_build_policy_covers_every_policy(fisher: tuple[Trace, Split, SeasonalNa
         assert build_policy(name, knob, data, s).name == name
     with pytest.raises(ValueError, match="unknown policy"):
         build_policy("vpa", 0.5, data, s)
+
+
+def test_gaps_in_a_lookback_are_filled_as_the_operator_fills_them() -> None:
+    from harmony.backtest import usable_lookback
+
+    nan = np.nan
+    w = np.array([[1.0, 5.0], [nan, 5.0], [3.0, 6.0], [4.0, nan], [5.0, 8.0]] * 2, dtype=np.float32)  # 10 steps
+    filled = usable_lookback(w)
+    assert filled is not None and np.isfinite(filled).all()
+    assert filled[1, 0] == 2.0 and filled[3, 1] == 7.0  # linear between the neighbours
+    assert np.array_equal(filled[np.isfinite(w)], w[np.isfinite(w)])  # known values untouched
+    clean = np.ones((5, 2), dtype=np.float32)
+    assert usable_lookback(clean) is clean
+    # Up to 20% missing per indicator (2 of 10); a third gap is too many.
+    w3 = w.copy()
+    w3[7, 0] = nan
+    assert usable_lookback(w3) is None
+    # The newest value may be up to 3 steps old; a gap at the start is held flat from the first value.
+    old = np.arange(20, dtype=np.float32)[:, None].copy()
+    old[-3:] = nan
+    assert usable_lookback(old) is not None and usable_lookback(old)[-1, 0] == 16.0
+    old[-4:] = nan
+    assert usable_lookback(old) is None
+    head = np.arange(10, dtype=np.float32)[:, None].copy()
+    head[0] = nan
+    assert usable_lookback(head)[0, 0] == 1.0
+    assert usable_lookback(np.full((10, 1), nan, dtype=np.float32)) is None
+
+
+def test_a_lookback_with_a_short_gap_still_gets_draws(
+    fisher: tuple[Trace, Split, SeasonalNaiveForecaster],
+) -> None:
+    trace, split, model = fisher
+    s = settings(max_steps=40)
+    frame = trace["container1"].copy()
+    data = prepare_series(trace, split, "container1", s, lookback=model.spec.lookback)
+    assert not isinstance(data, str)
+    tau = int(data.decisions[5])
+    frame.iloc[tau - 3, frame.columns.get_loc("load")] = np.nan  # one gap, 3 steps before the decision
+    holed = dataclasses.replace(trace, series={**trace.series, "container1": frame})
+    draws = forecast_draws(model, holed, [data], s)["container1"]
+    assert all(d is not None for d in draws)
+    frame.iloc[tau - 12 : tau - 3, frame.columns.get_loc("load")] = np.nan
+    holed = dataclasses.replace(trace, series={**trace.series, "container1": frame})
+    draws = forecast_draws(model, holed, [data], s)["container1"]
+    # The gap is now tau-12..tau-3; the decision at tau + k (k >= 12) sees 22 - k of it: 5 (> 20% of 24)
+    # at k = 17, 4 at k = 18.
+    assert draws[5] is None and draws[5 + 17] is None and draws[5 + 18] is not None
