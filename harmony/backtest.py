@@ -1301,6 +1301,9 @@ def _mlflow_forecaster(uri: str) -> Forecaster:
 
     from harmony.train import tracking_uri
 
+    # models:/ URIs are resolved through MLflow's global store, not the tracking_uri argument: point it at
+    # ours (as train() does), or a store set earlier in the process answers "not found".
+    mlflow.set_tracking_uri(tracking_uri())
     try:
         local = Path(mlflow.artifacts.download_artifacts(uri, tracking_uri=tracking_uri()))
     except Exception as exc:  # MLflow raises many types for an unknown run, model or path
