@@ -319,6 +319,10 @@ class HarmonyRefForecaster(NeuralForecaster):
         self.model = ReferenceSpaceNet(self.model.net, norm)
 
     @classmethod
+    def fixed_hparams(cls) -> dict[str, Any]:
+        return {"target_noise": 0.0}  # trained as published: no dequantisation noise
+
+    @classmethod
     def default_hparams(cls) -> dict[str, Any]:
         return {
             "d_model": 512,

@@ -37,6 +37,7 @@ NEURAL_DEFAULTS: dict[str, Any] = {
     "max_train_windows": 20_000,
     "max_val_windows": 4_000,
     "norm_floor": 0.05,
+    "target_noise": 0.0,
 }
 
 
@@ -109,10 +110,13 @@ class InstanceNorm(nn.Module):
 class NormalizedNet(nn.Module):
     """A network wrapped by instance normalisation: works in original units at its boundary."""
 
-    def __init__(self, net: ProbabilisticNetwork, norm: InstanceNorm) -> None:
+    def __init__(self, net: ProbabilisticNetwork, norm: InstanceNorm, target_noise: float = 0.0) -> None:
         super().__init__()
         self.net = net
         self.norm = norm
+        # Std of Gaussian noise added to the normalised targets while training (dequantisation): traces are
+        # rounded or sit on a few levels, and a likelihood model otherwise learns spikes on those values.
+        self.target_noise = float(target_noise)
         # Lower bound of each target's support: 0 for indicators never negative in training (rates,
         # utilisations, bytes), -inf otherwise. Draws are projected onto it.
         self.register_buffer("lower", torch.full((len(norm.target_index),), float("-inf")))
@@ -120,6 +124,8 @@ class NormalizedNet(nn.Module):
     def loss(self, past: torch.Tensor, cal: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
         mu, sd = self.norm.stats(past)
         fut_n = (future - self.norm.targets(mu)) / self.norm.targets(sd)
+        if self.training and self.target_noise > 0:
+            fut_n = fut_n + self.target_noise * torch.randn_like(fut_n)
         return self.net.loss((past - mu) / sd, cal, fut_n)
 
     def sample(self, past: torch.Tensor, cal: torch.Tensor, n: int) -> torch.Tensor:
@@ -209,7 +215,9 @@ class NeuralForecaster(Forecaster):
         super().__init__(spec, **merged)
         torch.manual_seed(int(self.hparams["seed"]))
         self.model = NormalizedNet(
-            self.build_network(), InstanceNorm(len(spec.indicators), spec.target_index)
+            self.build_network(),
+            InstanceNorm(len(spec.indicators), spec.target_index),
+            target_noise=float(self.hparams["target_noise"]),
         )
 
     @classmethod

@@ -81,3 +81,30 @@ def test_an_ablation_keeps_its_defining_setting(fisher: tuple[Trace, Split, Fore
     gaussian = Forecaster.registered()["gaussian"](spec, flow_transforms=4, **SMALL)
     assert gaussian.hparams["flow_transforms"] == 0  # a shared config cannot turn the flow back on
     assert Forecaster.registered()["harmony"](spec, flow_transforms=3, **SMALL).hparams["flow_transforms"] == 3
+
+
+def test_target_noise_jitters_the_training_loss_only(fisher: tuple[Trace, Split, ForecastSpec]) -> None:
+    import torch
+
+    trace, split, spec = fisher
+    clean = Forecaster.registered()["harmony"](spec, **SMALL, **SMALL_HARMONY)
+    noisy = Forecaster.registered()["harmony"](spec, target_noise=0.3, **SMALL, **SMALL_HARMONY)
+    noisy.model.load_state_dict(clean.model.state_dict())  # the same weights: only the noise differs
+    windows = clean.windows(trace, split, "val", 16)
+    batch = [torch.stack(x) for x in zip(*(windows[k] for k in range(16)), strict=True)]
+    clean.model.train()
+    noisy.model.train()
+    torch.manual_seed(0)
+    a = noisy.model.loss(*batch)
+    torch.manual_seed(1)
+    b = noisy.model.loss(*batch)
+    assert not torch.allclose(a, b)  # a fresh jitter of the normalised targets at each call
+    # Dropout is seeded alike, so the noise-free model at the same seed differs from the jittered one only.
+    torch.manual_seed(0)
+    assert not torch.allclose(clean.model.loss(*batch), a)
+    noisy.model.eval()
+    clean.model.eval()
+    assert torch.equal(noisy.model.loss(*batch), clean.model.loss(*batch))  # validation sees the data as is
+    # The paper code's reproduction is trained as published, whatever a shared config says.
+    ref = Forecaster.registered()["harmony_ref"](spec, target_noise=0.3, **SMALL)
+    assert ref.hparams["target_noise"] == 0.0 and ref.model.target_noise == 0.0
