@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -443,7 +444,10 @@ def _check_model(m: ModelConfig, ctx: ConfigContext) -> None:
         if default is None:
             continue
         expected: Any = float if isinstance(default, float) else type(default)
-        _coerce(v, expected, key, ctx)
+        value = _coerce(v, expected, key, ctx)
+        # Every numeric hyper-parameter (sizes, rates, noise, floors) is a count or a non-negative amount.
+        if expected in (int, float) and not (math.isfinite(value) and value >= 0):
+            raise ctx.error(key, f"expected a number >= 0, got {value!r}")
 
 
 # --- entry point -------------------------------------------------------------------------------------------
