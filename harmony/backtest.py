@@ -62,7 +62,7 @@ from harmony.config import (
 from harmony.data.errors import DataError
 from harmony.data.spec import DatasetCard, Kind
 from harmony.data.trace import Trace
-from harmony.data.windows import Split, chronological_split
+from harmony.data.windows import Split, chronological_split, usable_lookback
 from harmony.decision import Decider, DecisionConfig, ceil_replicas
 from harmony.model.base import Forecaster
 from harmony.policies import (
@@ -745,33 +745,6 @@ def check_forecaster(forecaster: Forecaster, trace: Trace, settings: Settings) -
             "shorten backtest.window_steps or backtest.lead_time"
         )
     return j0, window
-
-
-# The operator's rules for a usable lookback (harmony_operator: ReconcilerSettings.max_missing_fraction and
-# stale_steps): each indicator may miss up to a fifth of the steps, filled by linear interpolation (held flat
-# beyond its first/last known value), and its newest known value must be at most 3 steps old.
-MAX_MISSING_FRACTION = 0.2
-STALE_STEPS = 3
-
-
-def usable_lookback(window: NDArray[np.float32]) -> NDArray[np.float32] | None:
-    """`window` [steps, indicators] with its gaps filled as the operator fills them, or None when the
-    operator would not forecast from it (too many gaps, stale, or an indicator without any value)."""
-    ok = np.isfinite(window)
-    if ok.all():
-        return window
-    steps = window.shape[0]
-    out = window.copy()
-    grid = np.arange(steps, dtype=np.float64)
-    for k in range(window.shape[1]):
-        known = np.flatnonzero(ok[:, k])
-        if known.size == 0 or steps - known.size > MAX_MISSING_FRACTION * steps:
-            return None
-        if steps - 1 - known[-1] > STALE_STEPS:
-            return None
-        if known.size < steps:
-            out[:, k] = np.interp(grid, known.astype(np.float64), window[known, k].astype(np.float64))
-    return out
 
 
 def forecast_draws(

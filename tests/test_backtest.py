@@ -484,7 +484,7 @@ def test_build_policy_covers_every_policy(fisher: tuple[Trace, Split, SeasonalNa
 
 
 def test_gaps_in_a_lookback_are_filled_as_the_operator_fills_them() -> None:
-    from harmony.backtest import usable_lookback
+    from harmony.data.windows import usable_lookback
 
     nan = np.nan
     w = np.array([[1.0, 5.0], [nan, 5.0], [3.0, 6.0], [4.0, nan], [5.0, 8.0]] * 2, dtype=np.float32)  # 10 steps

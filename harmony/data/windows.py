@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from harmony.data.trace import Trace
@@ -162,3 +163,30 @@ class WindowDataset:
         s, t = (int(x) for x in self.index[k])
         sid = self.series_ids[s]
         return sid, self.trace[sid].index[t]
+
+
+# When a lookback with gaps can still be forecast from, in the backtest and (as its defaults) in the operator:
+# each indicator may miss up to a fifth of the steps, filled by linear interpolation (held flat beyond its
+# first/last known value), and its newest known value must be at most 3 steps old.
+MAX_MISSING_FRACTION = 0.2
+STALE_STEPS = 3
+
+
+def usable_lookback(window: npt.NDArray[np.float32]) -> npt.NDArray[np.float32] | None:
+    """`window` [steps, indicators] with its gaps filled, or None when it is not fit to forecast from (too
+    many gaps, stale, or an indicator without any value)."""
+    ok = np.isfinite(window)
+    if ok.all():
+        return window
+    steps = window.shape[0]
+    out = window.copy()
+    grid = np.arange(steps, dtype=np.float64)
+    for k in range(window.shape[1]):
+        known = np.flatnonzero(ok[:, k])
+        if known.size == 0 or steps - known.size > MAX_MISSING_FRACTION * steps:
+            return None
+        if steps - 1 - known[-1] > STALE_STEPS:
+            return None
+        if known.size < steps:
+            out[:, k] = np.interp(grid, known.astype(np.float64), window[known, k].astype(np.float64))
+    return out

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from harmony.data.windows import MAX_MISSING_FRACTION, STALE_STEPS
 from harmony.decision import Decider, Decision, DecisionConfig
 from harmony_operator.batching import BatchSampler
 from harmony_operator.kube import ApiError, KubeClient, NotFound, retrying
@@ -75,9 +76,9 @@ class ReconcilerSettings:
     fallback_step_s: float = 15.0
     fallback_window_s: float = 300.0
     # A series whose newest sample is older than max(stale_steps * step, stale_min_s) is stale.
-    stale_steps: float = 3.0
+    stale_steps: float = STALE_STEPS  # the backtest's rules for gaps, so that it replays what runs here
     stale_min_s: float = 120.0
-    max_missing_fraction: float = 0.2
+    max_missing_fraction: float = MAX_MISSING_FRACTION
     retry_base_s: float = 5.0
 
 
@@ -550,4 +551,3 @@ class Reconciler:
                 if realised > 0:
                     self.metrics.forecast_error.labels(*labels).observe(abs(realised - m) / realised)
         mem.pending = None
-
