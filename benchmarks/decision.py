@@ -67,6 +67,7 @@ def main() -> None:
         return
     from harmony.backtest import load_backtest_config, run_config
     from harmony.data.summary import render_table
+    from harmony.report import bound_text
 
     for name in filter(None, args.configs.split(",")):
         cfg = load_backtest_config(ROOT / "configs" / "backtest" / f"{name}.yaml", args.set)
@@ -74,7 +75,7 @@ def main() -> None:
         run = run_config(cfg)
         print(f"\n=== {name} ({time.perf_counter() - t0:.0f} s)")
         print(render_table(run.result.matched.set_index("policy")))
-        print(run.result.bound_text())
+        print(bound_text(run.result))
 
 
 if __name__ == "__main__":

@@ -1034,22 +1034,6 @@ class BacktestResult:
     info: dict[str, str] = field(default_factory=dict)
     bound: float = math.nan  # cost_bound at the target violation rate: no policy there costs less
 
-    def bound_text(self) -> str:
-        """The lower bound at the target rate in words, relative to the oracle and the HPA there."""
-        rate = f"{100 * self.settings.target_violation_rate:g}%"
-        if not math.isfinite(self.bound):
-            return f"lower bound at {rate} violations: -"
-        rel = []
-        for policy in ("oracle", "hpa"):
-            row = self.matched[self.matched["policy"] == policy]
-            if len(row) and math.isfinite(float(row["cost"].iloc[0])) and float(row["cost"].iloc[0]) > 0:
-                rel.append(f"{self.bound / float(row['cost'].iloc[0]):.3g}x the {policy}")
-        extra = f" ({', '.join(rel)})" if rel else ""
-        return (
-            f"lower bound at {rate} violations: cost {self.bound:.6g}{extra}; "
-            "no policy at that rate is cheaper"
-        )
-
     @property
     def series(self) -> list[str]:
         return list(self.demand)

@@ -44,6 +44,7 @@ from harmony.data.windows import Split, chronological_split
 from harmony.model.base import ForecastSpec
 from harmony.model.seasonal_naive import SeasonalNaiveForecaster
 from harmony.policies import HPAPolicy, OraclePolicy, StaticPolicy
+from harmony.report import bound_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = ["container1", "container2"]
@@ -243,7 +244,7 @@ def test_no_policy_beats_the_cost_bound(swept: BacktestResult) -> None:
     for row in swept.matched.itertuples():
         if math.isfinite(row.cost):
             assert row.cost >= swept.bound - 1e-9, row
-    assert swept.bound_text().startswith("lower bound at 1% violations: cost ")
+    assert bound_text(swept).startswith("lower bound at 1% violations: cost ")
 
 
 # --- the command line, the report and MLflow -------------------------------------------------------------------
