@@ -8,9 +8,9 @@ Conventions shared by every function:
   bug and raises ``ValueError`` rather than being skipped.
 * A NaN in ``y`` marks a missing observation. Elementwise functions (``crps_samples``, ``quantile_loss``,
   ``pit``, ``energy_score``) return NaN at that element; every function that reduces to a number
-  (``weighted_quantile_loss``, ``mase``, ``interval_coverage``, ``summarize``) excludes that element from
-  its means and sums (``summarize`` scores a partly observed joint vector on its observed components).
-  If no observed element is left, ``ValueError`` is raised.
+  (``weighted_quantile_loss``, ``mase``, ``interval_coverage``, ``pit_coverage``, ``summarize``)
+  excludes that element from its means and sums (``summarize`` scores a partly observed joint vector on
+  its observed components). If no observed element is left, ``ValueError`` is raised.
 * Sample quantiles always use ``np.quantile(..., method="linear")`` (numpy's default, Hyndman & Fan
   type 7), so quantile-based metrics are reproducible across numpy versions.
 """
@@ -34,6 +34,7 @@ __all__ = [
     "interval_coverage",
     "mase",
     "pit",
+    "pit_coverage",
     "quantile_loss",
     "relative_to",
     "summarize",
@@ -311,6 +312,34 @@ def interval_coverage(
     return {float(level): float(np.mean(inside[i][mask])) for i, level in enumerate(lv)}
 
 
+def pit_coverage(
+    samples: ArrayLike, y: ArrayLike, levels: Sequence[float] = DEFAULT_COVERAGE_LEVELS
+) -> dict[float, float]:
+    """Expected fraction of observed ``y`` whose randomised PIT (see ``pit``) falls in the central band
+    ``[(1-l)/2, (1+l)/2]``, computed exactly rather than by drawing ``U``.
+
+    ``interval_coverage`` counts an outcome that ties the interval's end as covered. For a forecast with an
+    atom (an idle service at exactly 0, a draw clipped to 0) the central interval then holds more than
+    ``l`` of the probability, and even a perfect forecast "over-covers". The randomised PIT spreads a tie
+    uniformly over the probability mass of the tie, so a calibrated forecast scores ``l`` in expectation,
+    atoms included; for a continuous forecast it agrees with ``interval_coverage`` up to sampling noise.
+    Per outcome, PIT ~ Uniform[below / (S+1), (below + ties + 1) / (S+1)], and its chance of landing in
+    the band is the overlap's length over the range's. NaN observations are excluded.
+    """
+    lv = _check_levels(levels)
+    s, obs = _check_samples(samples, y, min_samples=1)
+    mask = _observed(obs, "pit_coverage")
+    n = s.shape[0] + 1
+    lo = np.sum(s < obs, axis=0) / n
+    hi = lo + (np.sum(s == obs, axis=0) + 1) / n
+    out: dict[float, float] = {}
+    for level in lv:
+        a, b = 0.5 - level / 2.0, 0.5 + level / 2.0
+        inside = np.clip(np.minimum(hi, b) - np.maximum(lo, a), 0.0, None) / (hi - lo)
+        out[float(level)] = float(np.mean(inside[mask]))
+    return out
+
+
 def pit(samples: ArrayLike, y: ArrayLike, *, rng: np.random.Generator | None = None) -> FloatArray:
     """Randomised probability integral transform of ``y`` under the ensemble, in [0, 1].
 
@@ -449,6 +478,7 @@ def summarize(
       (the loss is undefined there; relative summaries skip it, as they skip any non-finite ratio);
     * ``mase``: only when ``history`` is given, of the sample median (``np.median`` over S) as point forecast;
     * ``coverage_<100*l>`` for each level in ``levels`` (e.g. ``coverage_50``, ``coverage_98``);
+    * ``pit_coverage_<100*l>``: the same levels by ``pit_coverage`` (fair to forecasts with atoms);
     * ``energy``: mean fair ``energy_score`` with the last axis as the joint dimension (for 1-D ``y`` the
       whole horizon is one vector); a joint row with NaN components is scored on its observed components
       (the marginal energy score over them), and a row with none observed is skipped.
@@ -469,5 +499,7 @@ def summarize(
         out["mase"] = mase(np.median(s, axis=0), obs, history, season)
     for level, frac in interval_coverage(s, obs, levels).items():
         out[_coverage_key(level)] = frac
+    for level, frac in pit_coverage(s, obs, levels).items():
+        out["pit_" + _coverage_key(level)] = frac
     out["energy"] = _mean_energy_observed(s, obs)
     return out

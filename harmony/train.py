@@ -58,6 +58,7 @@ from harmony.metrics import (
     interval_coverage,
     mase,
     pit,
+    pit_coverage,
     summarize,
     weighted_quantile_loss,
 )
@@ -210,6 +211,8 @@ def _summary(samples: np.ndarray, y: np.ndarray, *, energy: bool = True) -> dict
             out["wql"] = weighted_quantile_loss(samples, y)
         for level, frac in interval_coverage(samples, y).items():
             out[_coverage_key(level)] = frac
+        for level, frac in pit_coverage(samples, y).items():
+            out["pit_" + _coverage_key(level)] = frac
         if energy:
             out["energy"] = float(np.nanmean(energy_score(samples, y)))
     if not energy:

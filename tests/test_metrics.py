@@ -24,6 +24,7 @@ from harmony.metrics import (
     interval_coverage,
     mase,
     pit,
+    pit_coverage,
     quantile_loss,
     relative_to,
     summarize,
@@ -309,6 +310,37 @@ def test_interval_coverage_known_ranks() -> None:
     assert got == {0.5: 3 / 8, 0.8: 4 / 8, 0.9: 5 / 8, 0.98: 6 / 8}
 
 
+def test_pit_coverage_by_hand() -> None:
+    # Samples 1..9 (S = 9): an outcome between ranks k and k+1 has PIT uniform on [k/10, (k+1)/10].
+    samples = np.repeat(np.arange(1.0, 10.0)[:, None], 4, axis=1)
+    y = np.array([5.5, 8.5, 7.5, np.nan])
+    # 50% band [0.25, 0.75]: 5.5 -> [0.5, 0.6] inside (1); 8.5 -> [0.8, 0.9] outside (0);
+    # 7.5 -> [0.7, 0.8], half inside (0.5). Mean over the 3 observed: 0.5.
+    assert pit_coverage(samples, y, (0.5,))[0.5] == pytest.approx(0.5)
+    # An atom: all 9 draws are 0 and so is the outcome. interval_coverage counts it covered at every
+    # level; its PIT is uniform on [0, 1], so it is covered with probability exactly the level.
+    atom = np.zeros((9, 1))
+    assert interval_coverage(atom, np.zeros(1), (0.9,))[0.9] == 1.0
+    assert pit_coverage(atom, np.zeros(1), (0.5, 0.9)) == pytest.approx({0.5: 0.5, 0.9: 0.9})
+
+
+def test_pit_coverage_is_the_mean_of_randomised_pit_and_nominal_when_calibrated() -> None:
+    rng = np.random.default_rng(5)
+    n, s = 20000, 30
+    # Half the outcomes sit on an atom at 0 that the forecast reproduces; the rest are continuous.
+    atom = rng.uniform(size=n) < 0.5
+    draws = np.where(rng.uniform(size=(s, n)) < 0.5, 0.0, rng.exponential(size=(s, n)))
+    y = np.where(atom, 0.0, rng.exponential(size=n))
+    got = pit_coverage(draws, y, (0.5, 0.9))
+    u = pit(draws, y, rng=np.random.default_rng(2))
+    for level in (0.5, 0.9):
+        drawn = float(np.mean((u >= 0.5 - level / 2) & (u <= 0.5 + level / 2)))
+        assert got[level] == pytest.approx(drawn, abs=0.01)
+        assert got[level] == pytest.approx(level, abs=0.01)
+    # The plain central interval over-covers here: its lower end is the atom, which every 0 ties.
+    assert interval_coverage(draws, y, (0.5,))[0.5] > 0.7
+
+
 def _ks_uniform(values: np.ndarray) -> float:
     u = np.sort(values)
     n = u.size
@@ -402,6 +434,10 @@ def test_summarize_matches_components() -> None:
         "coverage_80",
         "coverage_90",
         "coverage_98",
+        "pit_coverage_50",
+        "pit_coverage_80",
+        "pit_coverage_90",
+        "pit_coverage_98",
         "energy",
     }
     assert all(type(v) is float for v in out.values())
@@ -411,6 +447,7 @@ def test_summarize_matches_components() -> None:
     assert out["mase"] == pytest.approx(mase(np.median(samples, axis=0), y, history, season=12))
     cov = interval_coverage(samples, y)
     assert out["coverage_90"] == cov[0.9] and out["coverage_98"] == cov[0.98]
+    assert out["pit_coverage_90"] == pit_coverage(samples, y)[0.9]
     # 1-D y: one joint vector over the horizon; its NaN component is left out (marginal over the rest).
     keep = np.arange(24) != 3
     assert out["energy"] == pytest.approx(float(energy_score(samples[:, keep], y[keep])))
@@ -429,7 +466,15 @@ def test_summarize_multivariate_energy_handles_nan_rows() -> None:
     marginal = float(energy_score(samples[:, 1, 1:], y[1, 1:]))
     out = summarize(samples, y, levels=(0.5, 0.975))
     assert out["energy"] == pytest.approx(float(np.mean([es[0], marginal, es[2], es[3], es[5]])))
-    assert set(out) == {"crps", "wql", "coverage_50", "coverage_97.5", "energy"}
+    assert set(out) == {
+        "crps",
+        "wql",
+        "coverage_50",
+        "coverage_97.5",
+        "pit_coverage_50",
+        "pit_coverage_97.5",
+        "energy",
+    }
 
 
 def test_summarize_errors() -> None:
