@@ -141,7 +141,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"fit        {fit.epochs} epochs in {fit.seconds:.1f}s, best val_loss {val}")
     scores = ", ".join(
         f"{k.removeprefix('test/')} {m[k]:.4g}"
-        for k in ("test/crps", "test/wql", "test/mase", "test/coverage_50", "test/coverage_90")
+        for k in (
+            "test/crps",
+            "test/wql",
+            "test/mase",
+            "test/coverage_50",
+            "test/coverage_90",
+            "test/pit_coverage_90",
+        )
         if k in m
     )
     print(f"test       {scores}")
@@ -161,8 +168,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(config.trainer.num_threads)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    evaluation = compare(config, names, baseline=args.baseline, log=lambda s: print(s, flush=True))
-    print()
+    evaluation = compare(
+        config, names, baseline=args.baseline, log=lambda s: print(s, flush=True), part=args.part
+    )
+    print(f"\nscored on the {'validation' if args.part == 'val' else 'test'} part")
     print(format_summary(evaluation))
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(config.tracking.experiment)
@@ -172,6 +181,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 "config": str(args.config),
                 "models": ",".join(names),
                 "baseline": args.baseline,
+                "part": args.part,
                 "overrides": " ".join(args.set or []),
             }
         )
@@ -310,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="train several models on a config's data and compare them on its test split",
         description="Train every listed model with the config's data, window geometry and training budget, "
-        "score each on the test split (CRPS, weighted quantile loss, MASE, energy score, interval coverage), "
+        "score each on the test split, or with --part val on the validation split (CRPS, weighted quantile "
+        "loss, MASE, energy score, interval coverage), "
         "print the table relative to the baseline (geometric mean over series and targets) and log it to "
         "MLflow.",
     )
@@ -321,7 +332,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated registered model names (default: all)",
     )
     p.add_argument("--baseline", default="seasonal_naive", help="the model ratios are taken against")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument(
+        "--part",
+        choices=("test", "val"),
+        default="test",
+        help="split part to score on: test (default), or val to choose hyper-parameters without seeing test",
+    )
+    p.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override config keys, dotted and typed as YAML (repeatable)",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

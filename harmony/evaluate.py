@@ -1,10 +1,11 @@
-"""Evaluate forecasters on the test part of a split, side by side, with the metrics of harmony.metrics.
+"""Evaluate forecasters on one part of a split, side by side, with the metrics of harmony.metrics.
 
-Protocol: test windows (whole target inside the test part) of every series, evenly subsampled to at
-most `max_windows` per series; `n_samples` draws per window from every model. Metrics are computed per
-(series, target indicator) over all its windows and horizon steps. Because indicators have different
-units, models are compared by ratios to the baseline (seasonal naive) per (series, target), aggregated by
-the geometric mean; coverage is averaged.
+Protocol: windows whose whole target lies inside the evaluated part of every series (the test part unless
+told otherwise; the validation part is for choosing hyper-parameters without looking at the test part),
+evenly subsampled to at most `max_windows` per series; `n_samples` draws per window from every model.
+Metrics are computed per (series, target indicator) over all its windows and horizon steps. Because
+indicators have different units, models are compared by ratios to the baseline (seasonal naive) per
+(series, target), aggregated by the geometric mean; coverage is averaged.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import pandas as pd
 
 from harmony import metrics
 from harmony.data.trace import Trace
-from harmony.data.windows import Split, WindowDataset, WindowSpec
+from harmony.data.windows import Part, Split, WindowDataset, WindowSpec
 from harmony.model.base import Forecaster, ForecastSpec
 
 RATIO_METRICS = ("crps", "wql", "mase", "energy")
-COVERAGE = ("coverage_50", "coverage_80", "coverage_90", "coverage_98")
+COVERAGE = ("coverage_50", "coverage_80", "coverage_90", "coverage_98", "pit_coverage_90")
 
 
 @dataclass
@@ -37,9 +38,12 @@ class TestWindows:
     anchors: dict[str, np.ndarray]
 
 
-def collect_test_windows(trace: Trace, split: Split, spec: ForecastSpec, max_windows: int) -> TestWindows:
+def collect_test_windows(
+    trace: Trace, split: Split, spec: ForecastSpec, max_windows: int, part: Part = "test"
+) -> TestWindows:
+    """The evaluation windows of `part` ("test", or "val" to tune on), evenly subsampled per series."""
     ws = WindowSpec(lookback=spec.lookback, horizon=spec.horizon, lead_time=spec.lead_time)
-    ds = WindowDataset(trace, split, "test", ws, indicators=list(spec.indicators))
+    ds = WindowDataset(trace, split, part, ws, indicators=list(spec.indicators))
     tidx = spec.target_index
     out = TestWindows([], {}, {}, {}, {}, {})
     for k, sid in enumerate(ds.series_ids):
@@ -77,6 +81,7 @@ def evaluate(
     max_windows: int = 200,
     season: int | None = None,
     seed: int = 0,
+    part: Part = "test",
 ) -> Evaluation:
     if not models:
         raise ValueError("no models to evaluate")
@@ -84,9 +89,11 @@ def evaluate(
     if len(specs) != 1:
         raise ValueError("all models must share one ForecastSpec (same indicators, targets and geometry)")
     spec = next(iter(specs))
-    windows = collect_test_windows(trace, split, spec, max_windows)
+    windows = collect_test_windows(trace, split, spec, max_windows, part)
     if not windows.series:
-        raise ValueError("the test part has no complete window; use a shorter lookback/horizon or more data")
+        raise ValueError(
+            f"the {part} part has no complete window; use a shorter lookback/horizon or more data"
+        )
     if season is None:
         season = max(1, round(86_400 / spec.frequency_s))
     rows: list[dict[str, Any]] = []
@@ -147,6 +154,7 @@ def compare(
     *,
     baseline: str = "seasonal_naive",
     log: Any = print,
+    part: Part = "test",
 ) -> Evaluation:
     """Train every named model with a TrainConfig's data and geometry, then evaluate them side by side.
 
@@ -188,6 +196,7 @@ def compare(
         n_samples=ev.num_samples,
         max_windows=ev.max_windows_per_series,
         seed=config.trainer.seed,
+        part=part,
     )
 
 

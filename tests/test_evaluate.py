@@ -63,3 +63,23 @@ def test_models_must_share_a_spec(data_root: Path) -> None:
     b = reg["gaussian"](ForecastSpec.for_trace(trace, lookback=12, horizon=3, targets=["load"]), **TINY)
     with pytest.raises(ValueError, match="share one ForecastSpec"):
         evaluate(trace, split, {"a": a, "b": b})
+
+
+def test_validation_part_scores_only_validation_targets(data_root: Path) -> None:
+    trace = load("fisher_containers", root=data_root, series=["container2"])
+    split = chronological_split(trace, (0.7, 0.1, 0.2))
+    spec = ForecastSpec.for_trace(trace, lookback=24, horizon=3, lead_time=1, targets=["load"])
+    step = int(spec.frequency.value)
+    index = trace["container2"].index
+    for part in ("val", "test"):
+        lo, hi = split.part_range("container2", part)
+        w = collect_test_windows(trace, split, spec, 1000, part)
+        first = w.last_time["container2"] + (spec.lead_time + 1) * step
+        last = w.last_time["container2"] + (spec.lead_time + spec.horizon) * step
+        assert first.min() == index[lo].value  # the first window's target starts the part
+        assert last.max() <= index[hi - 1].value
+    naive = Forecaster.registered()["seasonal_naive"](spec)
+    naive.fit(trace, split)
+    val = evaluate(trace, split, {"seasonal_naive": naive}, n_samples=20, max_windows=1000, part="val")
+    test = evaluate(trace, split, {"seasonal_naive": naive}, n_samples=20, max_windows=1000)
+    assert val.per_series["crps"].iloc[0] != test.per_series["crps"].iloc[0]

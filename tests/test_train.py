@@ -232,6 +232,26 @@ def test_register_makes_new_versions(workdir: Path, capsys: pytest.CaptureFixtur
     assert mlflow.pyfunc.load_model("models:/fisher-tiny/1").metadata.signature is not None
 
 
+def test_evaluate_prints_and_logs_the_table_of_the_chosen_part(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["evaluate", "--config", str(FISHER), "--models", "gaussian,seasonal_naive", "--set", *TINY]
+    assert main([*args, "--part", "val"]) == 0
+    printed = capsys.readouterr().out
+    assert "scored on the validation part" in printed and "pit_coverage_90" in printed
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("harmony-fisher").experiment_id]  # type: ignore[union-attr]
+    )
+    assert run.data.params["part"] == "val" and run.data.params["models"] == "gaussian,seasonal_naive"
+    assert run.data.metrics["seasonal_naive/crps_rel"] == pytest.approx(1.0)
+    # The printed table is the logged one: gaussian's relative CRPS appears with the same digits.
+    table = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/table.txt")
+    assert table in printed
+    rel = float(next(line for line in table.splitlines() if line.startswith("gaussian")).split()[1])
+    assert run.data.metrics["gaussian/crps_rel"] == pytest.approx(rel, rel=6e-3)  # 3 digits printed
+
+
 # --- kill and resume ------------------------------------------------------------------------------------
 
 
