@@ -52,6 +52,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -366,6 +367,23 @@ class HarmonyRefForecaster(NeuralForecaster):
             reference_order=bool(hp["reference_order"]),
             sample_space=str(hp["sample_space"]),
         )
+
+    def point(
+        self, history: np.ndarray, last_time: np.ndarray | pd.Timestamp | None = None, *, seed: int = 0
+    ) -> np.ndarray:
+        """The output the reference is trained (by MSE) and scored on: flow(mean of its Gaussian draws),
+        in original units, [H, T] for one history or [B, H, T] for a batch. Its published MSE is of this,
+        not of the `--NP` draws that `sample` reproduces."""
+        past, cal, single = self.inputs(history, last_time)
+        norm: InstanceNorm = self.model.norm
+        self.model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            mu, sd = norm.stats(past)
+            out = self.network((past - mu) / sd, cal)[..., self.network.target_pos]
+            out = out * norm.targets(sd) + norm.targets(mu)
+        result: np.ndarray = out.numpy()
+        return result[0] if single else result
 
     def _fit_scaler(self, trace: Trace, split: Split) -> None:
         """MinMax scaler on the training rows (a constant column gets range 1, as scikit-learn does)."""

@@ -348,18 +348,26 @@ class NeuralForecaster(Forecaster):
         *,
         seed: int | None = None,
     ) -> np.ndarray:
+        past, cal, single = self.inputs(history, last_time)
+        self.model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.sample(past, cal, n).numpy()
+        return out[0] if single else out
+
+    def inputs(
+        self, history: np.ndarray, last_time: np.ndarray | pd.Timestamp | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The network's inputs for histories: lookback [B, L, N], calendar over lookback, lead and
+        horizon [B, L + lead + H, C], and whether a single history (no batch axis) was given."""
         h, t, single = as_batch(history, last_time, self.spec)
         s = self.spec
         offsets = np.arange(-s.lookback + 1, s.lead_time + s.horizon + 1, dtype=np.int64) * int(
             s.frequency.value
         )
         cal = calendar_features(t[:, None] + offsets[None, :])
-        self.model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = self.model.sample(torch.from_numpy(h), torch.from_numpy(cal), n).numpy()
-        return out[0] if single else out
+        return torch.from_numpy(h), torch.from_numpy(cal), single
 
     # --- persistence -----------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:

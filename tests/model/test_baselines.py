@@ -245,6 +245,32 @@ def test_harmony_ref_loss_is_mse_of_the_flow_output(fisher: tuple[Trace, Split])
     torch.testing.assert_close(out, net.push(mean + std * eps))
 
 
+def test_harmony_ref_point_is_the_output_its_mse_trains(fisher: tuple[Trace, Split]) -> None:
+    trace, split = fisher
+    spec = spec_for(trace, lookback=36)
+    model = HarmonyRefForecaster(spec, **SMALL_REF)
+    anchors = [split.boundaries["container1"][1] + k for k in (0, 5, 9)]
+    hist, times = histories(trace, spec, anchors)
+    values = trace["container1"][list(spec.targets)].to_numpy()
+    lead = spec.lead_time
+    fut = np.stack([values[t + lead + 1 : t + lead + spec.horizon + 1] for t in anchors])
+    point = model.point(hist, times.asi8, seed=3)
+    assert point.shape == (3, spec.horizon, len(spec.targets))
+    assert model.point(hist[1], times[1], seed=3).shape == (spec.horizon, len(spec.targets))
+    # Its training loss on these windows (same draws) is the MSE of the point in normalised units.
+    past, cal, _ = model.inputs(hist, times.asi8)
+    norm = model.model.norm
+    mu, sd = norm.stats(past)
+    fut_n = (torch.from_numpy(fut).float() - norm.targets(mu)) / norm.targets(sd)
+    net = model.network
+    net.eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        loss = float(net.loss((past - mu) / sd, cal, fut_n))
+    point_n = (torch.from_numpy(point) - norm.targets(mu)) / norm.targets(sd)
+    assert loss == pytest.approx(float(((point_n - fut_n) ** 2).mean()), rel=1e-5)
+
+
 def test_harmony_ref_flow_is_unconditional(fisher: tuple[Trace, Split]) -> None:
     trace, _ = fisher
     spec = spec_for(trace, lookback=36)
