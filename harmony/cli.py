@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="train several models on a config's data and compare them on its test split",
+        help="train several models on a config's data and compare them on its test (or validation) split",
         description="Train every listed model with the config's data, window geometry and training budget, "
         "score each on the test split, or with --part val on the validation split (CRPS, weighted quantile "
         "loss, MASE, energy score, interval coverage), "

@@ -26,7 +26,7 @@ COVERAGE = ("coverage_50", "coverage_80", "coverage_90", "coverage_98", "pit_cov
 
 
 @dataclass
-class TestWindows:
+class EvalWindows:
     """Per series: histories [W, L, N], last times [W] (ns), targets [W, H, T], training history [n, T],
     and the anchors (position of each window's last observed point in the series)."""
 
@@ -38,14 +38,14 @@ class TestWindows:
     anchors: dict[str, np.ndarray]
 
 
-def collect_test_windows(
+def collect_windows(
     trace: Trace, split: Split, spec: ForecastSpec, max_windows: int, part: Part = "test"
-) -> TestWindows:
+) -> EvalWindows:
     """The evaluation windows of `part` ("test", or "val" to tune on), evenly subsampled per series."""
     ws = WindowSpec(lookback=spec.lookback, horizon=spec.horizon, lead_time=spec.lead_time)
     ds = WindowDataset(trace, split, part, ws, indicators=list(spec.indicators))
     tidx = spec.target_index
-    out = TestWindows([], {}, {}, {}, {}, {})
+    out = EvalWindows([], {}, {}, {}, {}, {})
     for k, sid in enumerate(ds.series_ids):
         rows = np.flatnonzero(ds.index[:, 0] == k)
         if rows.size == 0:
@@ -89,7 +89,7 @@ def evaluate(
     if len(specs) != 1:
         raise ValueError("all models must share one ForecastSpec (same indicators, targets and geometry)")
     spec = next(iter(specs))
-    windows = collect_test_windows(trace, split, spec, max_windows, part)
+    windows = collect_windows(trace, split, spec, max_windows, part)
     if not windows.series:
         raise ValueError(
             f"the {part} part has no complete window; use a shorter lookback/horizon or more data"

@@ -27,6 +27,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = [
     "DEFAULT_COVERAGE_LEVELS",
     "DEFAULT_WQL_LEVELS",
+    "coverage_key",
     "crps_gaussian",
     "crps_samples",
     "energy_score",
@@ -291,7 +292,8 @@ def mase(point_forecast: ArrayLike, y: ArrayLike, history: ArrayLike, season: in
 # --------------------------------------------------------------------------------------------------
 
 
-def _coverage_key(level: float) -> str:
+def coverage_key(level: float) -> str:
+    """The summary key of a coverage level: 0.9 -> ``coverage_90``, 0.975 -> ``coverage_97.5``."""
     return f"coverage_{round(100.0 * level, 6):g}"
 
 
@@ -498,8 +500,8 @@ def summarize(
     if history is not None:
         out["mase"] = mase(np.median(s, axis=0), obs, history, season)
     for level, frac in interval_coverage(s, obs, levels).items():
-        out[_coverage_key(level)] = frac
+        out[coverage_key(level)] = frac
     for level, frac in pit_coverage(s, obs, levels).items():
-        out["pit_" + _coverage_key(level)] = frac
+        out["pit_" + coverage_key(level)] = frac
     out["energy"] = _mean_energy_observed(s, obs)
     return out

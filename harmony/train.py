@@ -51,8 +51,9 @@ from harmony.data.errors import DataError
 from harmony.data.spec import DatasetCard, load_card
 from harmony.data.trace import Trace
 from harmony.data.windows import Split, WindowDataset, WindowSpec, chronological_split
-from harmony.evaluate import collect_test_windows
+from harmony.evaluate import collect_windows
 from harmony.metrics import (
+    coverage_key,
     crps_samples,
     energy_score,
     interval_coverage,
@@ -195,11 +196,6 @@ class Evaluation:
     n_windows: int
 
 
-def _coverage_key(level: float) -> str:
-    # The key harmony.metrics.summarize uses, so that the fallback below reports the same names.
-    return f"coverage_{round(100.0 * level, 6):g}"
-
-
 def _summary(samples: np.ndarray, y: np.ndarray, *, energy: bool = True) -> dict[str, float]:
     """summarize(); when one metric is undefined for this series (e.g. wql of an all-zero target), the
     others are still reported and that one is left out."""
@@ -210,9 +206,9 @@ def _summary(samples: np.ndarray, y: np.ndarray, *, energy: bool = True) -> dict
         with suppress(ValueError):
             out["wql"] = weighted_quantile_loss(samples, y)
         for level, frac in interval_coverage(samples, y).items():
-            out[_coverage_key(level)] = frac
+            out[coverage_key(level)] = frac
         for level, frac in pit_coverage(samples, y).items():
-            out["pit_" + _coverage_key(level)] = frac
+            out["pit_" + coverage_key(level)] = frac
         if energy:
             out["energy"] = float(np.nanmean(energy_score(samples, y)))
     if not energy:
@@ -255,7 +251,7 @@ def evaluate(
     chosen evenly over its test part (a bounded, deterministic cost)."""
     spec = forecaster.spec
     tidx = spec.target_index
-    windows = collect_test_windows(trace, split, spec, max_windows_per_series)
+    windows = collect_windows(trace, split, spec, max_windows_per_series)
     per_day = max(1, round(86_400 / spec.frequency_s))
     # Seasonal MASE needs a full day inside the lookback; otherwise the one-step naive scale.
     season = per_day if spec.lookback > per_day else 1

@@ -11,7 +11,7 @@ import harmony.model.registry  # noqa: F401
 from harmony import metrics
 from harmony.data.catalog import load
 from harmony.data.windows import chronological_split
-from harmony.evaluate import collect_test_windows, evaluate
+from harmony.evaluate import collect_windows, evaluate
 from harmony.model.base import Forecaster, ForecastSpec
 
 TINY = {
@@ -43,7 +43,7 @@ def test_evaluate_two_models(data_root: Path) -> None:
         assert 0.0 <= ev.summary.loc["harmony", col] <= 1.0
     assert ev.summary.loc["harmony", "coverage_50"] <= ev.summary.loc["harmony", "coverage_90"]
     # One entry recomputed by hand from the same draws.
-    w = collect_test_windows(trace, split, spec, 30)
+    w = collect_windows(trace, split, spec, 30)
     draws = models["harmony"].sample(w.history["container2"], 40, w.last_time["container2"], seed=0)
     crps = metrics.crps_samples(np.moveaxis(draws[..., 0], 1, 0), w.actual["container2"][..., 0]).mean()
     assert ev.per_series.loc[("harmony", "container2", "load"), "crps"] == pytest.approx(crps)
@@ -73,7 +73,7 @@ def test_validation_part_scores_only_validation_targets(data_root: Path) -> None
     index = trace["container2"].index
     for part in ("val", "test"):
         lo, hi = split.part_range("container2", part)
-        w = collect_test_windows(trace, split, spec, 1000, part)
+        w = collect_windows(trace, split, spec, 1000, part)
         first = w.last_time["container2"] + (spec.lead_time + 1) * step
         last = w.last_time["container2"] + (spec.lead_time + spec.horizon) * step
         assert first.min() == index[lo].value  # the first window's target starts the part
