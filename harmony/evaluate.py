@@ -142,10 +142,30 @@ def summarize_relative(per: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 # --- comparison runs from a training config -----------------------------------------------------------------
 
-# Keys of a config's model.hparams that set the training budget: they apply to every compared model, so
-# that all are trained on the same windows for the same epochs. The rest apply only to the config's model.
+# Keys of a config's model.hparams that set the training budget or the input normalisation: they apply to
+# every compared model, so that all are trained on the same windows, for the same epochs, on inputs scaled
+# alike. The rest apply only to the config's model (and its ablations).
 BUDGET_KEYS = ("max_train_windows", "max_val_windows", "batch_size", "patience", "train_stride", "lr")
+NORMALISATION_KEYS = ("norm_floor", "norm_floor_window")
 HARMONY_FAMILY = ("harmony", "gaussian", "flat")
+
+
+def compared_hparams(config: Any, name: str) -> dict[str, Any]:
+    """The hyper-parameters `compare` trains model `name` with under a TrainConfig: all of the config's for
+    its own model and its harmony-family ablations, only the budget and normalisation keys for the others;
+    the trainer's seed and epochs for every neural model."""
+    import harmony.model.registry  # noqa: F401
+    from harmony.model.neural import NeuralForecaster
+
+    own = config.model.hparams
+    same_family = name in HARMONY_FAMILY and config.model.name in HARMONY_FAMILY
+    if name == config.model.name or same_family:
+        hp = dict(own)
+    else:
+        hp = {k: v for k, v in own.items() if k in BUDGET_KEYS + NORMALISATION_KEYS}
+    if issubclass(Forecaster.registered()[name], NeuralForecaster):
+        hp.update(seed=config.trainer.seed, max_epochs=config.trainer.max_epochs)
+    return hp
 
 
 def compare(
@@ -159,12 +179,12 @@ def compare(
     """Train every named model with a TrainConfig's data and geometry, then evaluate them side by side.
 
     The config's hyper-parameters go to the config's own model and, for the harmony family, to its
-    ablations (so the ablations differ in exactly one thing); every model shares the training budget.
+    ablations (so the ablations differ in exactly one thing); every model shares the training budget and
+    the input normalisation.
     """
     import time
 
     import harmony.model.registry  # noqa: F401
-    from harmony.model.neural import NeuralForecaster
     from harmony.train import load_data
 
     _, trace, split, spec = load_data(config)
@@ -175,14 +195,7 @@ def compare(
         raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(known)}")
     models: dict[str, Forecaster] = {}
     for name in names:
-        cls = known[name]
-        hp = {k: v for k, v in config.model.hparams.items() if k in BUDGET_KEYS}
-        same_family = name in HARMONY_FAMILY and config.model.name in HARMONY_FAMILY
-        if name == config.model.name or same_family:
-            hp = dict(config.model.hparams)
-        if issubclass(cls, NeuralForecaster):
-            hp.update(seed=config.trainer.seed, max_epochs=config.trainer.max_epochs)
-        model = cls(spec, **hp)
+        model = known[name](spec, **compared_hparams(config, name))
         t0 = time.perf_counter()
         model.fit(trace, split)
         log(f"trained {name} in {time.perf_counter() - t0:.1f} s")

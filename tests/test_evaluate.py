@@ -9,9 +9,10 @@ import pytest
 
 import harmony.model.registry  # noqa: F401
 from harmony import metrics
+from harmony.config import load_config
 from harmony.data.catalog import load
 from harmony.data.windows import chronological_split
-from harmony.evaluate import collect_windows, evaluate
+from harmony.evaluate import collect_windows, compared_hparams, evaluate
 from harmony.model.base import Forecaster, ForecastSpec
 
 TINY = {
@@ -83,3 +84,33 @@ def test_validation_part_scores_only_validation_targets(data_root: Path) -> None
     val = evaluate(trace, split, {"seasonal_naive": naive}, n_samples=20, max_windows=1000, part="val")
     test = evaluate(trace, split, {"seasonal_naive": naive}, n_samples=20, max_windows=1000)
     assert val.per_series["crps"].iloc[0] != test.per_series["crps"].iloc[0]
+
+
+def test_compared_models_share_the_budget_and_normalisation_and_only_ablations_get_the_rest() -> None:
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "fisher_containers.yaml", ["model.hparams.norm_floor_window=0.02"])
+    own = cfg.model.hparams
+    deepar = compared_hparams(cfg, "deepar")
+    assert deepar["norm_floor_window"] == 0.02
+    assert deepar["max_train_windows"] == own["max_train_windows"]
+    assert (deepar["seed"], deepar["max_epochs"]) == (cfg.trainer.seed, cfg.trainer.max_epochs)
+    assert "d_model" not in deepar and "flow_transforms" not in deepar
+    flat = compared_hparams(cfg, "flat")
+    assert flat["d_model"] == own["d_model"] and flat["norm_floor_window"] == 0.02
+    naive = compared_hparams(cfg, "seasonal_naive")
+    assert "seed" not in naive and "d_model" not in naive
+    # every model accepts what it is given, and the normalisation reaches the network's input scaling
+    reg = Forecaster.registered()
+    spec = ForecastSpec(
+        indicators=("load", "cpu_cores"),
+        targets=("load",),
+        levels=(1, 2),
+        lookback=24,
+        horizon=3,
+        lead_time=1,
+        frequency_s=600.0,
+    )
+    for name in ("deepar", "flat", "harmony_ref", "seasonal_naive"):
+        model = reg[name](spec, **compared_hparams(cfg, name))
+        if name != "seasonal_naive":
+            assert model.model.norm.window_cap == 0.02

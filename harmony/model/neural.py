@@ -37,6 +37,7 @@ NEURAL_DEFAULTS: dict[str, Any] = {
     "max_train_windows": 20_000,
     "max_val_windows": 4_000,
     "norm_floor": 0.05,
+    "norm_floor_window": 0.0,
     "target_noise": 0.0,
 }
 
@@ -90,18 +91,29 @@ class InstanceNorm(nn.Module):
     """Per-window normalisation (RevIN without affine terms): each indicator of a window is centred on its
     lookback mean and divided by its lookback standard deviation, floored by a fraction of the indicator's
     training spread so that a flat lookback cannot blow a later change up. The same statistics map the
-    target draws back to original units."""
+    target draws back to original units.
 
-    def __init__(self, n_indicators: int, target_index: list[int]) -> None:
+    `window_cap` > 0 caps that floor at this fraction of the window's largest absolute value (windows of
+    zeros keep the full floor). The training spread is the whole trace's: a series running at a thousandth
+    of the others' scale would otherwise be normalised by a floor far above its own variation, and every
+    draw's error would be multiplied by that ratio when mapped back."""
+
+    def __init__(self, n_indicators: int, target_index: list[int], window_cap: float = 0.0) -> None:
         super().__init__()
+        if window_cap < 0:
+            raise ValueError(f"norm_floor_window must be >= 0, got {window_cap}")
         self.register_buffer("floor", torch.ones(n_indicators))
         self.target_index = list(target_index)
+        self.window_cap = float(window_cap)
 
     def stats(self, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu = past.mean(dim=1, keepdim=True)
         sd = past.std(dim=1, keepdim=True, unbiased=False)
-        floor: torch.Tensor = self.floor  # type: ignore[assignment]
-        return mu, torch.maximum(sd, floor.view(1, 1, -1))
+        floor: torch.Tensor = self.floor.view(1, 1, -1)  # type: ignore[operator]
+        if self.window_cap > 0:
+            peak = past.abs().amax(dim=1, keepdim=True)
+            floor = torch.where(peak > 0, torch.minimum(floor, self.window_cap * peak), floor)
+        return mu, torch.maximum(sd, floor)
 
     def targets(self, x: torch.Tensor) -> torch.Tensor:
         return x[..., self.target_index]
@@ -216,7 +228,7 @@ class NeuralForecaster(Forecaster):
         torch.manual_seed(int(self.hparams["seed"]))
         self.model = NormalizedNet(
             self.build_network(),
-            InstanceNorm(len(spec.indicators), spec.target_index),
+            InstanceNorm(len(spec.indicators), spec.target_index, float(self.hparams["norm_floor_window"])),
             target_noise=float(self.hparams["target_noise"]),
         )
 
