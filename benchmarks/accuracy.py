@@ -69,6 +69,7 @@ def paper_protocol(overrides: list[str], with_reference: bool = False) -> None:
         columns = [s.name for s in trace.indicators]
         names = [c for c in columns if c != "memory_limit_bytes"]  # constant: not a forecasting target
         spec = ForecastSpec.for_trace(trace, lookback=lookback, horizon=1, lead_time=0, targets=names)
+        target_cols = [columns.index(n) for n in spec.targets]
         flow_model = Forecaster.registered()["harmony"](
             spec, **cfg.model.hparams, seed=cfg.trainer.seed, max_epochs=cfg.trainer.max_epochs
         )
@@ -90,18 +91,18 @@ def paper_protocol(overrides: list[str], with_reference: bool = False) -> None:
             hist = hist_all[..., [columns.index(n) for n in spec.indicators]]
             last = hist_all[:, -1, :]
             draws = flow_model.sample(hist, 100, times, seed=0)[:, :, 0]  # [W, 100, 10]
-            own = hist[..., [spec.indicators.index(n) for n in spec.targets]]
+            own = hist[..., spec.target_index]
             points = {
                 "harmony (mean)": draws.mean(axis=1),
                 "harmony (median)": np.median(draws, axis=1),
                 "harmony (mean, in range)": np.clip(draws.mean(axis=1), own.min(axis=1), own.max(axis=1)),
-                "persistence": last[:, [columns.index(n) for n in spec.targets]],
+                "persistence": last[:, target_cols],
             }
             if ref is not None:
                 points["harmony_ref"] = ref.point(hist, times, seed=0)[:, 0]
             for model, p in points.items():
                 full = last.copy()
-                full[:, [columns.index(n) for n in spec.targets]] = p
+                full[:, target_cols] = p
                 errors.setdefault(model, []).append(((full - y) / span) ** 2)
         for model, errs in errors.items():
             e = np.concatenate(errs)  # [windows of every series, 11]
