@@ -49,7 +49,24 @@ def minmax_trace(trace: Trace, split: Split) -> Trace:
     return dataclasses.replace(trace, series=scaled)
 
 
-def paper_protocol(overrides: list[str], with_reference: bool = False) -> None:
+def minmax_lower_bounds(trace: Trace, split: Split, columns: list[str]) -> dict[str, np.ndarray]:
+    """Per container, where 0 (the physical bound of an indicator never negative in training) lands in
+    its MinMax space, -lo / span; -inf for an indicator that goes negative. A model trained in that space
+    learns one bound, 0, for every container: right for none of them once a test value falls below the
+    training minimum (a container's memory dropping after a restart)."""
+    out = {}
+    for sid, frame in trace.series.items():
+        a = split.boundaries[sid][0]
+        values = frame[columns].to_numpy(np.float64)
+        lo, hi = np.nanmin(values[:a], axis=0), np.nanmax(values[:a], axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        out[sid] = np.where(lo >= 0, -lo / span, -np.inf)
+    return out
+
+
+def paper_protocol(
+    overrides: list[str], with_reference: bool = False, lookbacks: tuple[int, ...] = (72, 144, 288)
+) -> None:
     """The HARMONY example code's own protocol on Fisher: one step ahead, 70/10/20 split by rows, every
     container's columns MinMax-scaled by their range over its first 70% of rows before training (as that
     code does), MSE in that space over its 11 columns and on `load`.
@@ -59,18 +76,19 @@ def paper_protocol(overrides: list[str], with_reference: bool = False) -> None:
     from harmony.data.windows import WindowDataset, WindowSpec, chronological_split
     from harmony.model.base import Forecaster, ForecastSpec
     from harmony.model.harmony_ref import HarmonyRefForecaster
+    from harmony.model.neural import NeuralForecaster
     from harmony.train import load_data
 
     print("\nfisher_containers, HARMONY example-code protocol (one step, MinMax space, 70/10/20 by rows)")
     print(
-        "point forecasts: harmony = mean / median of 100 draws; 'in range' = the mean clipped to the\n"
-        "lookback's own min..max; harmony_ref = its MSE-trained output (what the paper code's MSE scores);\n"
+        "point forecasts: harmony = mean / median of 100 draws, bounded below by each container's image\n"
+        "of 0; harmony_ref = its MSE-trained output (what the paper code's MSE scores);\n"
         "persistence = the last value. The 11th column, the constant memory limit, is forecast by\n"
         "persistence for every model (error 0)."
     )
     print(f"\n{'lookback':>8} {'model':>24} {'MSE all 11':>11} {'MSE load':>9} {'paper code':>11}")
     per_column: dict[str, dict[str, float]] = {}
-    for lookback in (72, 144, 288):
+    for lookback in lookbacks:
         cfg = load_config(
             ROOT / "configs" / "fisher_containers.yaml",
             [
@@ -86,6 +104,7 @@ def paper_protocol(overrides: list[str], with_reference: bool = False) -> None:
         split = chronological_split(raw, (0.7, 0.1, 0.2), by="rows")
         trace = minmax_trace(raw, split)
         columns = [s.name for s in trace.indicators]
+        bounds = minmax_lower_bounds(raw, split, columns)
         names = [c for c in columns if c != "memory_limit_bytes"]  # constant: not a forecasting target
         spec = ForecastSpec.for_trace(trace, lookback=lookback, horizon=1, lead_time=0, targets=names)
         target_cols = [columns.index(n) for n in spec.targets]
@@ -93,6 +112,9 @@ def paper_protocol(overrides: list[str], with_reference: bool = False) -> None:
             spec, **cfg.model.hparams, seed=cfg.trainer.seed, max_epochs=cfg.trainer.max_epochs
         )
         flow_model.fit(trace, split)
+        assert isinstance(flow_model, NeuralForecaster)
+        # The learned bound (0, the training minimum in MinMax space) is replaced by each container's own.
+        flow_model.model.lower.fill_(float("-inf"))  # type: ignore[operator]
         ref = HarmonyRefForecaster(spec, seed=cfg.trainer.seed) if with_reference else None
         if ref is not None:
             ref.fit(trace, split)
@@ -105,16 +127,15 @@ def paper_protocol(overrides: list[str], with_reference: bool = False) -> None:
             times = pd.DatetimeIndex(trace[sid].index).asi8[ds.index[sel, 1]]
             hist = hist_all[..., [columns.index(n) for n in spec.indicators]]
             last = hist_all[:, -1, :]
-            draws = flow_model.sample(hist, 100, times, seed=0)[:, :, 0]  # [W, 100, 10]
-            own = hist[..., spec.target_index]
+            lower = bounds[sid][target_cols]
+            draws = np.maximum(flow_model.sample(hist, 100, times, seed=0)[:, :, 0], lower)  # [W, 100, 10]
             points = {
                 "harmony (mean)": draws.mean(axis=1),
                 "harmony (median)": np.median(draws, axis=1),
-                "harmony (mean, in range)": np.clip(draws.mean(axis=1), own.min(axis=1), own.max(axis=1)),
                 "persistence": last[:, target_cols],
             }
             if ref is not None:
-                points["harmony_ref"] = ref.point(hist, times, seed=0)[:, 0]
+                points["harmony_ref"] = np.maximum(ref.point(hist, times, seed=0)[:, 0], lower)
             for model, p in points.items():
                 full = last.copy()
                 full[:, target_cols] = p
@@ -124,9 +145,9 @@ def paper_protocol(overrides: list[str], with_reference: bool = False) -> None:
             col = np.nanmean(e, axis=0)
             mse_all, mse_load = float(np.mean(col)), float(col[columns.index("load")])
             print(f"{lookback:>8} {model:>24} {mse_all:>11.4f} {mse_load:>9.4f} {PAPER_MSE[lookback]:>11}")
-            if lookback == 72:
+            if lookback == lookbacks[0]:
                 per_column[model] = dict(zip(columns, col.tolist(), strict=True))
-    print("\nlookback 72, MSE per column (MinMax space)")
+    print(f"\nlookback {lookbacks[0]}, MSE per column (MinMax space)")
     models = list(per_column)
     print(f"{'column':>26} " + " ".join(f"{m:>24}" for m in models))
     for c in per_column[models[0]]:
@@ -173,6 +194,9 @@ def main() -> None:
         action="store_true",
         help="with --paper, also train the paper code's model (harmony_ref) at its published size (slow)",
     )
+    p.add_argument(
+        "--paper-lookbacks", default="72,144,288", help="with --paper, the lookbacks to run (comma-separated)"
+    )
     p.add_argument("--timing", action="store_true", help="also time training and sampling")
     args = p.parse_args()
     overrides = ["trainer.progress=false", *args.set]
@@ -185,7 +209,8 @@ def main() -> None:
         ev = compare(cfg, args.models.split(","), part=args.part)
         print(format_summary(ev))
     if args.paper:
-        paper_protocol(args.set, with_reference=args.paper_reference)
+        lookbacks = tuple(int(x) for x in args.paper_lookbacks.split(",") if x)
+        paper_protocol(args.set, with_reference=args.paper_reference, lookbacks=lookbacks)
     if args.timing:
         timing(args.set)
 
