@@ -36,32 +36,45 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_MSE = {72: 0.0453, 144: 0.0458, 288: 0.0474}
 
 
+def minmax_ranges(trace: Trace, split: Split) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per container, each column's minimum and range over its training rows (range 1 for a constant
+    column, as scikit-learn's MinMaxScaler does)."""
+    out = {}
+    for sid, frame in trace.series.items():
+        train = frame.to_numpy(np.float64)[: split.boundaries[sid][0]]
+        lo, hi = np.nanmin(train, axis=0), np.nanmax(train, axis=0)
+        out[sid] = (lo, np.where(hi > lo, hi - lo, 1.0))
+    return out
+
+
 def minmax_trace(trace: Trace, split: Split) -> Trace:
     """Each container's columns mapped to [0, 1] by their range over the container's training rows: the
     example code scales its data so before training, and scores its MSE there."""
     scaled = {}
-    for sid, frame in trace.series.items():
-        a = split.boundaries[sid][0]
-        values = frame.to_numpy(np.float64)
-        lo, hi = np.nanmin(values[:a], axis=0), np.nanmax(values[:a], axis=0)
-        span = np.where(hi > lo, hi - lo, 1.0)
-        scaled[sid] = pd.DataFrame((values - lo) / span, index=frame.index, columns=frame.columns)
+    for sid, (lo, span) in minmax_ranges(trace, split).items():
+        frame = trace[sid]
+        scaled[sid] = pd.DataFrame((frame.to_numpy(np.float64) - lo) / span, frame.index, frame.columns)
     return dataclasses.replace(trace, series=scaled)
 
 
-def minmax_lower_bounds(trace: Trace, split: Split, columns: list[str]) -> dict[str, np.ndarray]:
-    """Per container, where 0 (the physical bound of an indicator never negative in training) lands in
-    its MinMax space, -lo / span; -inf for an indicator that goes negative. A model trained in that space
-    learns one bound, 0, for every container: right for none of them once a test value falls below the
-    training minimum (a container's memory dropping after a restart)."""
-    out = {}
-    for sid, frame in trace.series.items():
-        a = split.boundaries[sid][0]
-        values = frame[columns].to_numpy(np.float64)
-        lo, hi = np.nanmin(values[:a], axis=0), np.nanmax(values[:a], axis=0)
-        span = np.where(hi > lo, hi - lo, 1.0)
-        out[sid] = np.where(lo >= 0, -lo / span, -np.inf)
-    return out
+def minmax_lower_bounds(trace: Trace, split: Split) -> dict[str, np.ndarray]:
+    """Per container and column, where 0 (the physical bound of an indicator never negative in training)
+    lands in its MinMax space, -lo / span; -inf for a column that goes negative. A model trained in that
+    space learns one bound, 0, for every container: right for none of them once a test value falls below
+    the training minimum (a container's memory dropping after a restart)."""
+    return {
+        sid: np.where(lo >= 0, -lo / span, -np.inf) for sid, (lo, span) in minmax_ranges(trace, split).items()
+    }
+
+
+def _lookbacks(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
 
 
 def paper_protocol(
@@ -104,7 +117,7 @@ def paper_protocol(
         split = chronological_split(raw, (0.7, 0.1, 0.2), by="rows")
         trace = minmax_trace(raw, split)
         columns = [s.name for s in trace.indicators]
-        bounds = minmax_lower_bounds(raw, split, columns)
+        bounds = minmax_lower_bounds(raw, split)
         names = [c for c in columns if c != "memory_limit_bytes"]  # constant: not a forecasting target
         spec = ForecastSpec.for_trace(trace, lookback=lookback, horizon=1, lead_time=0, targets=names)
         target_cols = [columns.index(n) for n in spec.targets]
@@ -195,7 +208,10 @@ def main() -> None:
         help="with --paper, also train the paper code's model (harmony_ref) at its published size (slow)",
     )
     p.add_argument(
-        "--paper-lookbacks", default="72,144,288", help="with --paper, the lookbacks to run (comma-separated)"
+        "--paper-lookbacks",
+        type=_lookbacks,
+        default=(72, 144, 288),
+        help="with --paper, the lookbacks to run (comma-separated; default 72,144,288)",
     )
     p.add_argument("--timing", action="store_true", help="also time training and sampling")
     args = p.parse_args()
@@ -209,8 +225,7 @@ def main() -> None:
         ev = compare(cfg, args.models.split(","), part=args.part)
         print(format_summary(ev))
     if args.paper:
-        lookbacks = tuple(int(x) for x in args.paper_lookbacks.split(",") if x)
-        paper_protocol(args.set, with_reference=args.paper_reference, lookbacks=lookbacks)
+        paper_protocol(args.set, with_reference=args.paper_reference, lookbacks=args.paper_lookbacks)
     if args.timing:
         timing(args.set)
 

@@ -37,7 +37,8 @@ def test_minmax_lower_bounds_are_each_containers_image_of_zero(load_trace) -> No
     trace = load_trace("fisher_containers").select(series=["container1", "container9"])
     split = chronological_split(trace, (0.7, 0.1, 0.2), by="rows")
     columns = ["load", "memory_active_file_bytes"]
-    bounds = minmax_lower_bounds(trace, split, columns)
+    idx = [trace.indicator_names.index(c) for c in columns]
+    bounds = {sid: b[idx] for sid, b in minmax_lower_bounds(trace, split).items()}
     scaled = minmax_trace(trace, split)
     for sid in trace.series_ids:
         a = split.boundaries[sid][0]
