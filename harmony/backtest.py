@@ -18,6 +18,7 @@ during step u. For every series:
 * Scored steps: the test part (optionally its first `max_steps`) where at least one demand indicator is
   known. The first decision is taken `lead_time + warmup_steps` steps before the test part, so that the
   first scored step is already served by a decided count (the warm-up is observed, never scored).
+  `part="validation"` replays the validation part the same way, to choose knobs away from the test part.
 
 Scores per (policy, knob, series): SLA-violation rate (steps where the realised demand of any demand
 indicator exceeds replicas x capacity per replica), unmet demand (replica-hours of excess), replica-hours,
@@ -111,6 +112,7 @@ IntArray = NDArray[np.int64]
 # baselines, and the lower bound.
 POLICY_ORDER: tuple[str, ...] = ("harmony", "quantile", "point", "hpa", "static", "oracle")
 FORECAST_POLICIES = frozenset({"harmony", "quantile", "point"})
+PARTS: tuple[str, ...] = ("test", "validation")  # which part of the split a backtest replays and scores
 KNOB_NAMES: dict[str, str] = {
     "harmony": "eps",
     "quantile": "eps",
@@ -164,6 +166,7 @@ class ReplayConfig:
     max_steps: int | None = None
     initial_replicas: int | None = None
     capacities: dict[str, float] | None = None
+    part: str = "test"  # test | validation: tune knobs on validation, report on test
 
 
 @dataclass(frozen=True)
@@ -473,6 +476,7 @@ def _check(cfg: BacktestConfig, ctx: ConfigContext) -> None:
     need(r.window_steps is None or r.window_steps >= 1, "backtest.window_steps", "expected an integer >= 1")
     need(r.warmup_steps >= 0, "backtest.warmup_steps", f"expected an integer >= 0, got {r.warmup_steps}")
     need(r.max_steps is None or r.max_steps >= 1, "backtest.max_steps", "expected an integer >= 1 or null")
+    need(r.part in PARTS, "backtest.part", f"expected one of {', '.join(PARTS)}, got {r.part!r}")
     need(
         r.initial_replicas is None or r.initial_replicas >= 0,
         "backtest.initial_replicas",
@@ -600,8 +604,11 @@ class Settings:
     num_samples: int = 100
     batch_windows: int = 512
     seed: int = 0
+    part: str = "test"
 
     def __post_init__(self) -> None:
+        if self.part not in PARTS:
+            raise ValueError(f"part must be one of {', '.join(PARTS)}, got {self.part!r}")
         if not self.capacities or any(not (math.isfinite(v) and v > 0) for v in self.capacities.values()):
             raise ValueError(f"capacities must name demand indicators with capacities > 0: {self.capacities}")
         if self.lead_time < 0 or self.interval < 1 or self.warmup_steps < 0:
@@ -667,24 +674,27 @@ def prepare_series(
     names = list(settings.names)
     demand = frame[names].to_numpy(np.float64)
     n = demand.shape[0]
-    _, b, _ = split.boundaries[series]
-    start = b
-    end = n if settings.max_steps is None else min(n, b + settings.max_steps)
+    a, b, n_total = split.boundaries[series]
+    part = settings.part
+    # The validation part ends where the test part starts; its history is the training part only.
+    start, stop = (a, b) if part == "validation" else (b, n_total)
+    stop = min(stop, n)
+    end = stop if settings.max_steps is None else min(stop, start + settings.max_steps)
     if end <= start:
-        return "no test part"
+        return f"no {part} part"
     known = np.isfinite(demand[start:end]).any(axis=1)
     if not known.any():
-        return "no known demand in the test part"
-    history = demand[:b]
+        return f"no known demand in the {part} part"
+    history = demand[:start]
     peak: dict[str, float] = {}
     if settings.policies.static is not None:
         if not np.isfinite(history).any(axis=0).all():
-            return "no known demand before the test part (the static policy needs a training peak)"
+            return f"no known demand before the {part} part (the static policy needs a training peak)"
         peak = {name: float(np.nanmax(history[:, i])) for i, name in enumerate(names)}
-    # The first decision takes effect warmup_steps before the test part; it needs a full lookback before it.
+    # The first decision takes effect warmup_steps before the scored part; it needs a full lookback before it.
     first = max(lookback, 1, start - settings.lead_time - settings.warmup_steps)
     if first + settings.lead_time >= end:
-        return f"the test part is shorter than the lookback ({lookback}) plus the lead time"
+        return f"the {part} part is shorter than the lookback ({lookback}) plus the lead time"
     taus = np.arange(first, end - settings.lead_time, settings.interval, dtype=np.int64)
     sc = settings.scaling
     if settings.initial_replicas is not None:
@@ -1153,7 +1163,8 @@ def run_backtest(
     series: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BacktestResult:
-    """Replay the test part of `split` for every series (or `series`) through every policy and knob."""
+    """Replay the test (or validation) part of `split` for every series (or `series`) through every policy
+    and knob."""
     say = log or (lambda _: None)
     runs = settings.runs()
     needs_model = any(p in FORECAST_POLICIES for p, _ in runs)
@@ -1316,6 +1327,7 @@ def settings_from_config(cfg: BacktestConfig, card: DatasetCard | Trace, lead_ti
         warmup_steps=r.warmup_steps,
         max_steps=r.max_steps,
         initial_replicas=r.initial_replicas,
+        part=r.part,
         target_violation_rate=cfg.sla.max_violation_probability,
         replica_hour_price=cfg.cost.replica_hour_price,
         violation_penalty=cfg.cost.violation_penalty,

@@ -72,7 +72,7 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit for a parameter value
 
 
 HOW_TO_READ = (
-    "Every policy replayed the test part of the trace: at each decision step it saw only the history up to "
+    "Every policy replayed the {part} part of the trace: at each decision step it saw only the history up to "
     "that step, and its replica count took effect after the lead time. A step is a <b>violation</b> when "
     "the realised demand of any demand indicator exceeded the capacity of the replicas in place; the "
     "<b>violation rate</b> is the fraction of such steps, the <b>cost</b> is price &times; replica-hours + "
@@ -180,9 +180,9 @@ def format_tables(result: BacktestResult) -> str:
     )
     steps = int(sm["steps"].iloc[0]) if len(sm) else 0
     head = (
-        f"{result.dataset}: {len(result.series)} series, {steps} scored steps, lead time {s.lead_time} "
-        f"step(s), a decision every {s.interval} step(s); price {s.replica_hour_price:g} per replica-hour, "
-        f"penalty {s.violation_penalty:g} per violated step"
+        f"{result.dataset}: {len(result.series)} series, {steps} scored steps of the {s.part} part, "
+        f"lead time {s.lead_time} step(s), a decision every {s.interval} step(s); "
+        f"price {s.replica_hour_price:g} per replica-hour, penalty {s.violation_penalty:g} per violated step"
     )
     return (
         f"{head}\n\nat the target violation rate {100 * target:g}% (vs_hpa, vs_oracle: cost relative to "
@@ -233,7 +233,8 @@ def capacity_chart(result: BacktestResult, path: str | Path, series: str | None 
         ax.set_ylabel("replicas", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper right", ncol=3)
-    fig.suptitle(f"{result.dataset} / {sid}: demand vs capacity over the test part", fontsize=11)
+    part = result.settings.part
+    fig.suptitle(f"{result.dataset} / {sid}: demand vs capacity over the {part} part", fontsize=11)
     fig.tight_layout()
     return save_png(fig, path, dpi=100)
 
@@ -356,7 +357,7 @@ def html_report(
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><table>{fact_rows}</table>"
-        f"<h2>How to read this report</h2><p>{HOW_TO_READ}</p>"
+        f"<h2>How to read this report</h2><p>{HOW_TO_READ.format(part=s.part)}</p>"
         f"<h2>At the target violation rate ({100 * s.target_violation_rate:g}%)</h2>{_frame_html(matched)}"
         f"<h2>Charts</h2>{''.join(figures)}"
         f"<h2>Every policy and knob (summed over series)</h2>{_frame_html(summary)}"

@@ -141,6 +141,32 @@ def test_draws_use_only_the_history_before_each_decision(
     assert before[0] is not None and before[0].shape == (50, 4, 1)  # draws x window x demand indicators
 
 
+def test_the_validation_part_is_replayed_on_its_own_steps(
+    fisher: tuple[Trace, Split, SeasonalNaiveForecaster],
+) -> None:
+    trace, split, model = fisher
+    sid = SERIES[0]
+    a, b, n = split.boundaries[sid]
+    test = prepare_series(trace, split, sid, settings(max_steps=None), lookback=24)
+    val = prepare_series(trace, split, sid, settings(max_steps=None, part="validation"), lookback=24)
+    assert not isinstance(test, str) and not isinstance(val, str)
+    assert (test.start, test.end) == (b, n) and (val.start, val.end) == (a, b)
+    # The first decision serves the first scored step; the static policy's peak is the history before it.
+    assert val.first_decision + 1 == a and test.first_decision + 1 == b
+    load = trace[sid]["load"].to_numpy()
+    assert val.train_peak["load"] == np.nanmax(load[:a]) and test.train_peak["load"] == np.nanmax(load[:b])
+    short = prepare_series(trace, split, sid, settings(max_steps=7, part="validation"), lookback=24)
+    assert not isinstance(short, str) and (short.start, short.end) == (a, a + 7)
+    result = run_backtest(trace, split, model, settings(max_steps=None, part="validation"))
+    steps = result.summary.loc[result.summary["policy"] == "oracle", "steps"].iloc[0]
+    assert steps == sum(
+        np.isfinite(trace[s]["load"].to_numpy()[split.boundaries[s][0] : split.boundaries[s][1]]).sum()
+        for s in SERIES
+    )
+    with pytest.raises(ValueError, match="part must be one of test, validation"):
+        settings(part="train")
+
+
 def test_hpa_in_the_backtest_is_the_hpa_stepped_by_hand(
     fisher: tuple[Trace, Split, SeasonalNaiveForecaster], swept: BacktestResult
 ) -> None:
@@ -427,6 +453,11 @@ def _write(tmp_path: Path, body: dict[str, object], name: str = "bt.yaml") -> Pa
             {"backtest": {"lead_time": 0}},
             [],
             r"backtest\.lead_time: 0 is shorter than the model's lead time \(1\)",
+        ),
+        (
+            {"backtest": {"part": "val"}},
+            [],
+            r"backtest\.part: expected one of test, validation, got 'val'",
         ),
         (
             {},
