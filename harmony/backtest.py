@@ -18,7 +18,7 @@ during step u. For every series:
 * Scored steps: the test part (optionally its first `max_steps`) where at least one demand indicator is
   known. The first decision is taken `lead_time + warmup_steps` steps before the test part, so that the
   first scored step is already served by a decided count (the warm-up is observed, never scored).
-  `part="validation"` replays the validation part the same way, to choose knobs away from the test part.
+  `part="val"` replays the validation part the same way, to choose knobs away from the test part.
 
 Scores per (policy, knob, series): SLA-violation rate (steps where the realised demand of any demand
 indicator exceeds replicas x capacity per replica), unmet demand (replica-hours of excess), replica-hours,
@@ -112,7 +112,8 @@ IntArray = NDArray[np.int64]
 # baselines, and the lower bound.
 POLICY_ORDER: tuple[str, ...] = ("harmony", "quantile", "point", "hpa", "static", "oracle")
 FORECAST_POLICIES = frozenset({"harmony", "quantile", "point"})
-PARTS: tuple[str, ...] = ("test", "validation")  # which part of the split a backtest replays and scores
+# Which part of the split a backtest replays and scores (the names of `harmony evaluate --part`), in words.
+PARTS: dict[str, str] = {"test": "test", "val": "validation"}
 KNOB_NAMES: dict[str, str] = {
     "harmony": "eps",
     "quantile": "eps",
@@ -166,7 +167,7 @@ class ReplayConfig:
     max_steps: int | None = None
     initial_replicas: int | None = None
     capacities: dict[str, float] | None = None
-    part: str = "test"  # test | validation: tune knobs on validation, report on test
+    part: str = "test"  # test | val: tune knobs on the validation part, report on the test part
 
 
 @dataclass(frozen=True)
@@ -675,9 +676,9 @@ def prepare_series(
     demand = frame[names].to_numpy(np.float64)
     n = demand.shape[0]
     a, b, n_total = split.boundaries[series]
-    part = settings.part
+    part = PARTS[settings.part]
     # The validation part ends where the test part starts; its history is the training part only.
-    start, stop = (a, b) if part == "validation" else (b, n_total)
+    start, stop = (a, b) if settings.part == "val" else (b, n_total)
     stop = min(stop, n)
     end = stop if settings.max_steps is None else min(stop, start + settings.max_steps)
     if end <= start:

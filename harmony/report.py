@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harmony.backtest import POLICY_ORDER, BacktestResult, ConfigRun, knob_key
+from harmony.backtest import PARTS, POLICY_ORDER, BacktestResult, ConfigRun, knob_key
 from harmony.plots import FILE_MODE, save_png
 
 __all__ = [
@@ -180,7 +180,7 @@ def format_tables(result: BacktestResult) -> str:
     )
     steps = int(sm["steps"].iloc[0]) if len(sm) else 0
     head = (
-        f"{result.dataset}: {len(result.series)} series, {steps} scored steps of the {s.part} part, "
+        f"{result.dataset}: {len(result.series)} series, {steps} scored steps of the {PARTS[s.part]} part, "
         f"lead time {s.lead_time} step(s), a decision every {s.interval} step(s); "
         f"price {s.replica_hour_price:g} per replica-hour, penalty {s.violation_penalty:g} per violated step"
     )
@@ -233,7 +233,7 @@ def capacity_chart(result: BacktestResult, path: str | Path, series: str | None 
         ax.set_ylabel("replicas", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper right", ncol=3)
-    part = result.settings.part
+    part = PARTS[result.settings.part]
     fig.suptitle(f"{result.dataset} / {sid}: demand vs capacity over the {part} part", fontsize=11)
     fig.tight_layout()
     return save_png(fig, path, dpi=100)
@@ -357,7 +357,7 @@ def html_report(
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><table>{fact_rows}</table>"
-        f"<h2>How to read this report</h2><p>{HOW_TO_READ.format(part=s.part)}</p>"
+        f"<h2>How to read this report</h2><p>{HOW_TO_READ.format(part=PARTS[s.part])}</p>"
         f"<h2>At the target violation rate ({100 * s.target_violation_rate:g}%)</h2>{_frame_html(matched)}"
         f"<h2>Charts</h2>{''.join(figures)}"
         f"<h2>Every policy and knob (summed over series)</h2>{_frame_html(summary)}"

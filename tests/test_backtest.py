@@ -148,22 +148,22 @@ def test_the_validation_part_is_replayed_on_its_own_steps(
     sid = SERIES[0]
     a, b, n = split.boundaries[sid]
     test = prepare_series(trace, split, sid, settings(max_steps=None), lookback=24)
-    val = prepare_series(trace, split, sid, settings(max_steps=None, part="validation"), lookback=24)
+    val = prepare_series(trace, split, sid, settings(max_steps=None, part="val"), lookback=24)
     assert not isinstance(test, str) and not isinstance(val, str)
     assert (test.start, test.end) == (b, n) and (val.start, val.end) == (a, b)
     # The first decision serves the first scored step; the static policy's peak is the history before it.
     assert val.first_decision + 1 == a and test.first_decision + 1 == b
     load = trace[sid]["load"].to_numpy()
     assert val.train_peak["load"] == np.nanmax(load[:a]) and test.train_peak["load"] == np.nanmax(load[:b])
-    short = prepare_series(trace, split, sid, settings(max_steps=7, part="validation"), lookback=24)
+    short = prepare_series(trace, split, sid, settings(max_steps=7, part="val"), lookback=24)
     assert not isinstance(short, str) and (short.start, short.end) == (a, a + 7)
-    result = run_backtest(trace, split, model, settings(max_steps=None, part="validation"))
+    result = run_backtest(trace, split, model, settings(max_steps=None, part="val"))
     steps = result.summary.loc[result.summary["policy"] == "oracle", "steps"].iloc[0]
     assert steps == sum(
         np.isfinite(trace[s]["load"].to_numpy()[split.boundaries[s][0] : split.boundaries[s][1]]).sum()
         for s in SERIES
     )
-    with pytest.raises(ValueError, match="part must be one of test, validation"):
+    with pytest.raises(ValueError, match="part must be one of test, val"):
         settings(part="train")
 
 
@@ -455,9 +455,9 @@ def _write(tmp_path: Path, body: dict[str, object], name: str = "bt.yaml") -> Pa
             r"backtest\.lead_time: 0 is shorter than the model's lead time \(1\)",
         ),
         (
-            {"backtest": {"part": "val"}},
+            {"backtest": {"part": "validation"}},
             [],
-            r"backtest\.part: expected one of test, validation, got 'val'",
+            r"backtest\.part: expected one of test, val, got 'validation'",
         ),
         (
             {},
