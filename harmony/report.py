@@ -492,9 +492,11 @@ def publish(run: ConfigRun, *, log: Callable[[str], None] | None = None) -> Publ
 
     cfg, result = run.config, run.result
     out = cfg.output_dir.resolve()
-    title = f"harmony backtest: {cfg.run_name}" + (
-        f" ({result.dataset})" if cfg.run_name != result.dataset else ""
-    )
+    run_name = cfg.run_name
+    if cfg.backtest.part != "test":
+        # A validation replay shares the folder's model but must not overwrite the test part's report.
+        out, run_name = out / cfg.backtest.part, f"{run_name}-{cfg.backtest.part}"
+    title = f"harmony backtest: {run_name}" + (f" ({result.dataset})" if run_name != result.dataset else "")
     info = dict(result.info)
     if cfg.source is not None:
         info["config"] = str(cfg.source) + (f" --set {' '.join(cfg.overrides)}" if cfg.overrides else "")
@@ -519,6 +521,7 @@ def publish(run: ConfigRun, *, log: Callable[[str], None] | None = None) -> Publ
         "harmony.config_file": str(cfg.source) if cfg.source else "",
         "harmony.overrides": " ".join(cfg.overrides),
         "harmony.output_dir": str(out),
+        "harmony.part": cfg.backtest.part,
     }
     if run.model_run_id:
         tags["harmony.model_run_id"] = run.model_run_id
@@ -526,7 +529,7 @@ def publish(run: ConfigRun, *, log: Callable[[str], None] | None = None) -> Publ
         result,
         files,
         experiment=cfg.report.experiment,
-        run_name=cfg.run_name,
+        run_name=run_name,
         params=params,
         tags=tags,
         tracking_uri=uri,

@@ -387,6 +387,26 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, monkeypatch: pytest.Mon
             _number(viol), rel=1e-3, abs=1e-4
         )
 
+    # The validation part: the same model (reused, not retrained), its own report folder and MLflow run,
+    # and the test part's report left as it was.
+    before = (folder / "report.html").read_bytes()
+    val = subprocess.run(
+        [sys.executable, "-m", "harmony.cli", "backtest", "--config", str(config), "--set", "backtest.part=val"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert val.returncode == 0, val.stderr[-3000:]
+    assert "model: reusing" in val.stdout + val.stderr and "scored steps of the validation part" in val.stdout
+    assert (folder / "report.html").read_bytes() == before
+    assert "replayed the validation part" in (folder / "val" / "report.html").read_text()
+    val_id = re.search(r"^run\s+([0-9a-f]{32})", val.stdout, re.M)
+    assert val_id and val_id.group(1) != run.info.run_id
+    val_run = client.get_run(val_id.group(1))
+    assert val_run.info.run_name == "tiny-val" and val_run.data.tags["harmony.part"] == "val"
+    assert val_run.data.params["backtest.part"] == "val" and run.data.tags["harmony.part"] == "test"
+
     # The model the run trained, loaded back as its MLflow pyfunc model and as the saved folder, replays to
     # the very same numbers (same draws under the same seeds).
     monkeypatch.chdir(tmp_path)
