@@ -218,9 +218,14 @@ def main() -> None:
     overrides = ["trainer.progress=false", *args.set]
     for name in filter(None, args.configs.split(",")):
         cfg = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
+        if cfg.trainer.num_threads:
+            # As `harmony evaluate`: the thread count changes the order of floating-point sums, and with it
+            # the trained weights, so a seed reproduces a run only at the same count.
+            torch.set_num_threads(cfg.trainer.num_threads)
         print(
             f"\n=== {name}  (lookback {cfg.model.lookback}, horizon {cfg.model.horizon}, "
-            f"lead {cfg.model.lead_time}, targets {cfg.model.targets}; {args.part} part)"
+            f"lead {cfg.model.lead_time}, targets {cfg.model.targets}; {args.part} part; "
+            f"{torch.get_num_threads()} torch thread(s))"
         )
         ev = compare(cfg, args.models.split(","), part=args.part)
         print(format_summary(ev))
