@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harmony.config import load_config
+from harmony.config import TrainConfig, load_config
 from harmony.data.trace import Trace
 from harmony.data.windows import Split
 from harmony.evaluate import compare, format_summary
@@ -77,6 +77,13 @@ def _lookbacks(text: str) -> tuple[int, ...]:
     return values
 
 
+def use_threads(cfg: TrainConfig) -> None:
+    """As `harmony evaluate`: `trainer.num_threads` sets torch's thread count. The count changes the order of
+    floating-point sums, and with it the trained weights: a seed reproduces a training only at one count."""
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+
+
 def paper_protocol(
     overrides: list[str], with_reference: bool = False, lookbacks: tuple[int, ...] = (72, 144, 288)
 ) -> None:
@@ -113,6 +120,7 @@ def paper_protocol(
                 *overrides,
             ],
         )
+        use_threads(cfg)
         _, raw, _, _ = load_data(cfg)
         split = chronological_split(raw, (0.7, 0.1, 0.2), by="rows")
         trace = minmax_trace(raw, split)
@@ -218,10 +226,7 @@ def main() -> None:
     overrides = ["trainer.progress=false", *args.set]
     for name in filter(None, args.configs.split(",")):
         cfg = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
-        if cfg.trainer.num_threads:
-            # As `harmony evaluate`: the thread count changes the order of floating-point sums, and with it
-            # the trained weights, so a seed reproduces a run only at the same count.
-            torch.set_num_threads(cfg.trainer.num_threads)
+        use_threads(cfg)
         print(
             f"\n=== {name}  (lookback {cfg.model.lookback}, horizon {cfg.model.horizon}, "
             f"lead {cfg.model.lead_time}, targets {cfg.model.targets}; {args.part} part; "
