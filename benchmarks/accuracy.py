@@ -10,7 +10,8 @@ the test split (CRPS, wQL, MASE, energy relative to seasonal naive by geometric 
 --part val scores the validation split instead, which is where hyper-parameters are chosen.
 --paper adds the HARMONY example code's protocol on fisher_containers (one step ahead, lookback 72/144/288,
 70/10/20 split by rows, each container's 11 columns MinMax-scaled by their first 70% of rows, the models
-trained and scored in that space, as the example code does) and reports MSE
+trained and scored in that space on every training window, as the example code does; about 9 minutes per
+lookback on one thread) and reports MSE
 beside its published 0.0453/0.0458/0.0474 (--paper-reference also trains our reproduction of the paper
 code at its published size, about an hour per lookback on one thread). --timing measures sampling 100
 draws for one series on one core and the training time of the fisher config. Targets: docs/model.md.
