@@ -78,9 +78,6 @@ def _lookbacks(text: str) -> tuple[int, ...]:
     return values
 
 
-EVERY_WINDOW = 10**9  # a max_train_windows above any trace's count of windows: no subsampling
-
-
 def use_threads(cfg: TrainConfig) -> None:
     """As `harmony evaluate`: `trainer.num_threads` sets torch's thread count. The count changes the order of
     floating-point sums, and with it the trained weights: a seed reproduces a training only at one count."""
@@ -122,7 +119,7 @@ def paper_protocol(
                 "model.targets=null",
                 "data.split_by=rows",
                 # Every training window each epoch, as the example code trains (the config subsamples).
-                f"model.hparams.max_train_windows={EVERY_WINDOW}",
+                "model.hparams.max_train_windows=null",
                 *overrides,
             ],
         )

@@ -419,7 +419,7 @@ def resolve_card_path(name: str, source: Path | None) -> Path:
 def _check_model(m: ModelConfig, ctx: ConfigContext) -> None:
     import harmony.model.registry  # noqa: F401  (registers every model)
     from harmony.model.base import Forecaster
-    from harmony.model.neural import NEURAL_DEFAULTS, NeuralForecaster
+    from harmony.model.neural import NEURAL_DEFAULTS, UNLIMITED_HPARAMS, NeuralForecaster
 
     known = Forecaster.registered()
     if m.name not in known:
@@ -441,7 +441,7 @@ def _check_model(m: ModelConfig, ctx: ConfigContext) -> None:
             allowed = ", ".join(sorted(set(defaults) - set(TRAINER_OWNED_HPARAMS)))
             raise ctx.error(key, f"unknown hyper-parameter of model {m.name!r}; known: {allowed}{hint}")
         default = defaults[k]
-        if default is None:
+        if default is None or (v is None and k in UNLIMITED_HPARAMS):
             continue
         expected: Any = float if isinstance(default, float) else type(default)
         value = _coerce(v, expected, key, ctx)

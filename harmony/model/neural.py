@@ -42,6 +42,14 @@ NEURAL_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Hyper-parameters where null means "no limit" (every window) rather than "use the default".
+UNLIMITED_HPARAMS = ("max_train_windows", "max_val_windows")
+
+
+def _limit(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 class WindowTensors(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     """Windows as tensors: past [L, N], calendar [L+lead+H, C], future targets [H, T].
 
@@ -278,8 +286,8 @@ class NeuralForecaster(Forecaster):
         hp = self.hparams
         pl.seed_everything(int(hp["seed"]), workers=True, verbose=False)
         self._set_floor(trace, split)
-        train = self.windows(trace, split, "train", int(hp["max_train_windows"]), int(hp["train_stride"]))
-        val = self.windows(trace, split, "val", int(hp["max_val_windows"]))
+        train = self.windows(trace, split, "train", _limit(hp["max_train_windows"]), int(hp["train_stride"]))
+        val = self.windows(trace, split, "val", _limit(hp["max_val_windows"]))
         if len(train) == 0:
             raise ValueError(
                 f"no training windows: each series needs {self.window_spec().span} points without gaps "

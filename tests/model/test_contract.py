@@ -108,3 +108,16 @@ def test_target_noise_jitters_the_training_loss_only(fisher: tuple[Trace, Split,
     # The paper code's reproduction is trained as published, whatever a shared config says.
     ref = Forecaster.registered()["harmony_ref"](spec, target_noise=0.3, **SMALL)
     assert ref.hparams["target_noise"] == 0.0 and ref.model.target_noise == 0.0
+
+
+def test_null_window_limits_train_on_every_window(fisher: tuple[Trace, Split, ForecastSpec]) -> None:
+    from harmony.data.windows import WindowDataset
+
+    trace, split, spec = fisher
+    hp = {**SMALL, **SMALL_HARMONY, "max_train_windows": None, "max_val_windows": None, "batch_size": 256}
+    model = Forecaster.registered()["harmony"](spec, **hp)
+    report = model.fit(trace, split)  # null reaches the data loaders as "no limit", not int(None)
+    assert report.epochs >= 1 and np.isfinite(report.train_loss).all()
+    every = WindowDataset(trace, split, "train", model.window_spec(), indicators=list(spec.indicators))
+    assert len(model.windows(trace, split, "train", None)) == len(every) > 5_000
+    assert len(model.windows(trace, split, "train", 256)) == 256  # a number: an evenly spaced subset
