@@ -675,11 +675,10 @@ def prepare_series(
     names = list(settings.names)
     demand = frame[names].to_numpy(np.float64)
     n = demand.shape[0]
-    a, b, n_total = split.boundaries[series]
+    a, b, _ = split.boundaries[series]
     part = PARTS[settings.part]
     # The validation part ends where the test part starts; its history is the training part only.
-    start, stop = (a, b) if settings.part == "val" else (b, n_total)
-    stop = min(stop, n)
+    start, stop = (a, b) if settings.part == "val" else (b, n)
     end = stop if settings.max_steps is None else min(stop, start + settings.max_steps)
     if end <= start:
         return f"no {part} part"
