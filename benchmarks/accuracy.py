@@ -14,7 +14,7 @@ trained and scored in that space on every training window, as the example code d
 lookback on one thread) and reports MSE
 beside its published 0.0453/0.0458/0.0474, harmony's point forecast being the mean of --paper-draws
 draws (default 1,000) per window (--paper-reference also trains our reproduction of the paper
-code at its published size, about an hour per lookback on one thread). --timing measures sampling 100
+code at its published size, 20-30 minutes per lookback on one thread). --timing measures sampling 100
 draws for one series on one core and the training time of the fisher config. Targets: docs/model.md.
 """
 
@@ -96,7 +96,7 @@ def paper_protocol(
     container's columns MinMax-scaled by their range over its first 70% of rows before training (as that
     code does), MSE in that space over its 11 columns and on `load`.
     `with_reference` also trains harmony_ref at its published size (d_model 512, every window, 10
-    epochs): about an hour per lookback on one CPU thread. `draws` per window estimate harmony's
+    epochs): 20-30 minutes per lookback on one CPU thread. `draws` per window estimate harmony's
     predictive mean and median: the Monte Carlo error of a mean of n draws adds the predictive variance
     over n to its MSE, about 0.7% of the MSE at 100 draws."""
     import harmony.model.registry  # noqa: F401  (registers every model)
