@@ -33,6 +33,7 @@ from harmony.config import TrainConfig, load_config
 from harmony.data.trace import Trace
 from harmony.data.windows import Split
 from harmony.evaluate import compare, format_summary
+from harmony.train import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_MSE = {72: 0.0453, 144: 0.0458, 288: 0.0474}
@@ -79,13 +80,6 @@ def _lookbacks(text: str) -> tuple[int, ...]:
     return values
 
 
-def use_threads(cfg: TrainConfig) -> None:
-    """As `harmony evaluate`: `trainer.num_threads` sets torch's thread count. The count changes the order of
-    floating-point sums, and with it the trained weights: a seed reproduces a training only at one count."""
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
-
-
 def paper_protocol(
     overrides: list[str],
     with_reference: bool = False,
@@ -99,13 +93,6 @@ def paper_protocol(
     epochs): 20-30 minutes per lookback on one CPU thread. `draws` per window estimate harmony's
     predictive mean and median: the Monte Carlo error of a mean of n draws adds the predictive variance
     over n to its MSE, about 0.7% of the MSE at 100 draws."""
-    import harmony.model.registry  # noqa: F401  (registers every model)
-    from harmony.data.windows import WindowDataset, WindowSpec, chronological_split
-    from harmony.model.base import Forecaster, ForecastSpec
-    from harmony.model.harmony_ref import HarmonyRefForecaster
-    from harmony.model.neural import NeuralForecaster
-    from harmony.train import load_data
-
     print("\nfisher_containers, HARMONY example-code protocol (one step, MinMax space, 70/10/20 by rows)")
     print(
         f"point forecasts: harmony = mean / median of {draws} draws, bounded below by each container's\n"
@@ -129,50 +116,9 @@ def paper_protocol(
                 *overrides,
             ],
         )
-        use_threads(cfg)
-        _, raw, _, _ = load_data(cfg)
-        split = chronological_split(raw, (0.7, 0.1, 0.2), by="rows")
-        trace = minmax_trace(raw, split)
-        columns = [s.name for s in trace.indicators]
-        bounds = minmax_lower_bounds(raw, split)
-        names = [c for c in columns if c != "memory_limit_bytes"]  # constant: not a forecasting target
-        spec = ForecastSpec.for_trace(trace, lookback=lookback, horizon=1, lead_time=0, targets=names)
-        target_cols = [columns.index(n) for n in spec.targets]
-        flow_model = Forecaster.registered()["harmony"](
-            spec, **cfg.model.hparams, seed=cfg.trainer.seed, max_epochs=cfg.trainer.max_epochs
-        )
-        flow_model.fit(trace, split)
-        assert isinstance(flow_model, NeuralForecaster)
-        # The learned bound (0, the training minimum in MinMax space) is replaced by each container's own.
-        flow_model.model.lower.fill_(float("-inf"))  # type: ignore[operator]
-        ref = HarmonyRefForecaster(spec, seed=cfg.trainer.seed) if with_reference else None
-        if ref is not None:
-            ref.fit(trace, split)
-        errors: dict[str, list[np.ndarray]] = {}
-        ds = WindowDataset(trace, split, "test", WindowSpec(lookback, 1), indicators=columns)
-        for k, sid in enumerate(trace.series_ids):
-            sel = np.flatnonzero(ds.index[:, 0] == k)
-            hist_all = np.stack([ds[int(r)][0] for r in sel])  # [W, L, 11]
-            y = np.stack([ds[int(r)][1][0] for r in sel])  # [W, 11]
-            times = pd.DatetimeIndex(trace[sid].index).asi8[ds.index[sel, 1]]
-            hist = hist_all[..., [columns.index(n) for n in spec.indicators]]
-            last = hist_all[:, -1, :]
-            lower = bounds[sid][target_cols]
-            drawn = flow_model.sample(hist, draws, times, seed=0)[:, :, 0]  # [W, draws, 10]
-            samples = np.maximum(drawn, lower)
-            points = {
-                "harmony (mean)": samples.mean(axis=1),
-                "harmony (median)": np.median(samples, axis=1),
-                "persistence": last[:, target_cols],
-            }
-            if ref is not None:
-                points["harmony_ref"] = np.maximum(ref.point(hist, times, seed=0)[:, 0], lower)
-            for model, p in points.items():
-                full = last.copy()
-                full[:, target_cols] = p
-                errors.setdefault(model, []).append((full - y) ** 2)
-        for model, errs in errors.items():
-            e = np.concatenate(errs)  # [windows of every series, 11]
+        with torch_threads(cfg.trainer.num_threads):
+            columns, errors = _paper_errors(cfg, with_reference=with_reference, draws=draws)
+        for model, e in errors.items():
             col = np.nanmean(e, axis=0)
             mse_all, mse_load = float(np.mean(col)), float(col[columns.index("load")])
             print(f"{lookback:>8} {model:>24} {mse_all:>11.4f} {mse_load:>9.4f} {PAPER_MSE[lookback]:>11}")
@@ -183,6 +129,62 @@ def paper_protocol(
     print(f"{'column':>26} " + " ".join(f"{m:>24}" for m in models))
     for c in per_column[models[0]]:
         print(f"{c:>26} " + " ".join(f"{per_column[m][c]:>24.4g}" for m in models))
+
+
+def _paper_errors(
+    cfg: TrainConfig, *, with_reference: bool, draws: int
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Train the paper protocol's models at `cfg`'s lookback; the 11 columns and, per point forecast, the
+    squared errors [test windows of every container, 11] in MinMax space."""
+    import harmony.model.registry  # noqa: F401  (registers every model)
+    from harmony.data.windows import WindowDataset, WindowSpec, chronological_split
+    from harmony.model.base import Forecaster, ForecastSpec
+    from harmony.model.harmony_ref import HarmonyRefForecaster
+    from harmony.model.neural import NeuralForecaster
+    from harmony.train import load_data
+
+    lookback = cfg.model.lookback
+    _, raw, _, _ = load_data(cfg)
+    split = chronological_split(raw, (0.7, 0.1, 0.2), by="rows")
+    trace = minmax_trace(raw, split)
+    columns = [s.name for s in trace.indicators]
+    bounds = minmax_lower_bounds(raw, split)
+    names = [c for c in columns if c != "memory_limit_bytes"]  # constant: not a forecasting target
+    spec = ForecastSpec.for_trace(trace, lookback=lookback, horizon=1, lead_time=0, targets=names)
+    target_cols = [columns.index(n) for n in spec.targets]
+    flow_model = Forecaster.registered()["harmony"](
+        spec, **cfg.model.hparams, seed=cfg.trainer.seed, max_epochs=cfg.trainer.max_epochs
+    )
+    flow_model.fit(trace, split)
+    assert isinstance(flow_model, NeuralForecaster)
+    # The learned bound (0, the training minimum in MinMax space) is replaced by each container's own.
+    flow_model.model.lower.fill_(float("-inf"))  # type: ignore[operator]
+    ref = HarmonyRefForecaster(spec, seed=cfg.trainer.seed) if with_reference else None
+    if ref is not None:
+        ref.fit(trace, split)
+    errors: dict[str, list[np.ndarray]] = {}
+    ds = WindowDataset(trace, split, "test", WindowSpec(lookback, 1), indicators=columns)
+    for k, sid in enumerate(trace.series_ids):
+        sel = np.flatnonzero(ds.index[:, 0] == k)
+        hist_all = np.stack([ds[int(r)][0] for r in sel])  # [W, L, 11]
+        y = np.stack([ds[int(r)][1][0] for r in sel])  # [W, 11]
+        times = pd.DatetimeIndex(trace[sid].index).asi8[ds.index[sel, 1]]
+        hist = hist_all[..., [columns.index(n) for n in spec.indicators]]
+        last = hist_all[:, -1, :]
+        lower = bounds[sid][target_cols]
+        samples = np.maximum(flow_model.sample(hist, draws, times, seed=0)[:, :, 0], lower)  # [W, draws, 10]
+        points = {
+            "harmony (mean)": samples.mean(axis=1),
+            "harmony (median)": np.median(samples, axis=1),
+            "persistence": last[:, target_cols],
+        }
+        if ref is not None:
+            points["harmony_ref"] = np.maximum(ref.point(hist, times, seed=0)[:, 0], lower)
+        for model, p in points.items():
+            full = last.copy()
+            full[:, target_cols] = p
+            errors.setdefault(model, []).append((full - y) ** 2)
+    return columns, {model: np.concatenate(errs) for model, errs in errors.items()}
 
 
 def timing(overrides: list[str]) -> None:
@@ -242,13 +244,13 @@ def main() -> None:
     overrides = ["trainer.progress=false", *args.set]
     for name in filter(None, args.configs.split(",")):
         cfg = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
-        use_threads(cfg)
-        print(
-            f"\n=== {name}  (lookback {cfg.model.lookback}, horizon {cfg.model.horizon}, "
-            f"lead {cfg.model.lead_time}, targets {cfg.model.targets}; {args.part} part; "
-            f"{torch.get_num_threads()} torch thread(s))"
-        )
-        ev = compare(cfg, args.models.split(","), part=args.part)
+        with torch_threads(cfg.trainer.num_threads):
+            print(
+                f"\n=== {name}  (lookback {cfg.model.lookback}, horizon {cfg.model.horizon}, "
+                f"lead {cfg.model.lead_time}, targets {cfg.model.targets}; {args.part} part; "
+                f"{torch.get_num_threads()} torch thread(s))"
+            )
+            ev = compare(cfg, args.models.split(","), part=args.part)
         print(format_summary(ev))
     if args.paper:
         if args.paper_draws < 1:

@@ -44,7 +44,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 from numpy.typing import NDArray
 
@@ -1341,67 +1340,67 @@ def settings_from_config(cfg: BacktestConfig, card: DatasetCard | Trace, lead_ti
 
 def run_config(cfg: BacktestConfig, *, log: Callable[[str], None] | None = None) -> ConfigRun:
     """Load the data, get the forecaster (train, folder, MLflow or none) and run the backtest."""
+    from harmony.train import torch_threads
+
+    with torch_threads(cfg.train.trainer.num_threads):
+        return _run_config(cfg, log or (lambda _: None))
+
+
+def _run_config(cfg: BacktestConfig, say: Callable[[str], None]) -> ConfigRun:
     from harmony.data.catalog import load
 
-    say = log or (lambda _: None)
-    threads = torch.get_num_threads()
-    if cfg.train.trainer.num_threads is not None:
-        torch.set_num_threads(cfg.train.trainer.num_threads)
-    try:
-        t0 = time.perf_counter()
-        d = cfg.train.data
-        card = _card_of(cfg.train)
-        trace = load(card, root=d.root, series=d.series, frequency=d.frequency)
-        split = chronological_split(trace, d.split, by=d.split_by)
-        seconds = {"load": time.perf_counter() - t0}
-        series = list(trace.series_ids)
-        if cfg.backtest.series is not None:
-            unknown = [s for s in cfg.backtest.series if s not in trace.series]
-            if unknown:
-                raise ConfigError(
-                    f"backtest.series: {unknown} not in the trace ({len(series)} series, e.g. "
-                    f"{', '.join(series[:5])})",
-                    path=cfg.source,
-                )
-            series = list(cfg.backtest.series)
-        if cfg.backtest.max_series is not None:
-            series = series[: cfg.backtest.max_series]
+    t0 = time.perf_counter()
+    d = cfg.train.data
+    card = _card_of(cfg.train)
+    trace = load(card, root=d.root, series=d.series, frequency=d.frequency)
+    split = chronological_split(trace, d.split, by=d.split_by)
+    seconds = {"load": time.perf_counter() - t0}
+    series = list(trace.series_ids)
+    if cfg.backtest.series is not None:
+        unknown = [s for s in cfg.backtest.series if s not in trace.series]
+        if unknown:
+            raise ConfigError(
+                f"backtest.series: {unknown} not in the trace ({len(series)} series, e.g. "
+                f"{', '.join(series[:5])})",
+                path=cfg.source,
+            )
+        series = list(cfg.backtest.series)
+    if cfg.backtest.max_series is not None:
+        series = series[: cfg.backtest.max_series]
 
-        t0 = time.perf_counter()
-        forecaster: Forecaster | None = None
-        model_run: str | None = None
-        source = cfg.forecaster.origin
-        if source == "train":
-            forecaster, model_run = _trained_forecaster(cfg, say)
-            where = f"trained {cfg.train.model.name} (MLflow run {model_run})"
-        elif source == "path":
-            folder = resolve_card_path(str(cfg.forecaster.path), cfg.source)
-            forecaster = Forecaster.load(folder)
-            where = f"{forecaster.name} from {folder}"
-        elif source == "mlflow":
-            forecaster = _mlflow_forecaster(str(cfg.forecaster.uri))
-            where = f"{forecaster.name} from {cfg.forecaster.uri}"
-        else:
-            where = "none"
-        seconds["forecaster"] = time.perf_counter() - t0
-        model_lead = forecaster.spec.lead_time if forecaster is not None else cfg.train.model.lead_time
-        lead = cfg.backtest.lead_time if cfg.backtest.lead_time is not None else model_lead
-        settings = settings_from_config(cfg, card, lead)
-        say(f"backtest: {trace.name}, {len(series)} series, lead {lead} steps, interval {settings.interval}")
-        t0 = time.perf_counter()
-        result = run_backtest(trace, split, forecaster, settings, series=series, log=say)
-        seconds["backtest"] = time.perf_counter() - t0
-        result.info.update(
-            {
-                "dataset": trace.name,
-                "forecaster": where,
-                "lookback": str(forecaster.spec.lookback) if forecaster is not None else "-",
-                "horizon": str(forecaster.spec.horizon) if forecaster is not None else "-",
-                "model_lead_time": str(model_lead),
-            }
-        )
-        if model_run:
-            result.info["model_run_id"] = model_run
-        return ConfigRun(cfg, result, where, model_run, trace.name, seconds)
-    finally:
-        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    forecaster: Forecaster | None = None
+    model_run: str | None = None
+    source = cfg.forecaster.origin
+    if source == "train":
+        forecaster, model_run = _trained_forecaster(cfg, say)
+        where = f"trained {cfg.train.model.name} (MLflow run {model_run})"
+    elif source == "path":
+        folder = resolve_card_path(str(cfg.forecaster.path), cfg.source)
+        forecaster = Forecaster.load(folder)
+        where = f"{forecaster.name} from {folder}"
+    elif source == "mlflow":
+        forecaster = _mlflow_forecaster(str(cfg.forecaster.uri))
+        where = f"{forecaster.name} from {cfg.forecaster.uri}"
+    else:
+        where = "none"
+    seconds["forecaster"] = time.perf_counter() - t0
+    model_lead = forecaster.spec.lead_time if forecaster is not None else cfg.train.model.lead_time
+    lead = cfg.backtest.lead_time if cfg.backtest.lead_time is not None else model_lead
+    settings = settings_from_config(cfg, card, lead)
+    say(f"backtest: {trace.name}, {len(series)} series, lead {lead} steps, interval {settings.interval}")
+    t0 = time.perf_counter()
+    result = run_backtest(trace, split, forecaster, settings, series=series, log=say)
+    seconds["backtest"] = time.perf_counter() - t0
+    result.info.update(
+        {
+            "dataset": trace.name,
+            "forecaster": where,
+            "lookback": str(forecaster.spec.lookback) if forecaster is not None else "-",
+            "horizon": str(forecaster.spec.horizon) if forecaster is not None else "-",
+            "model_lead_time": str(model_lead),
+        }
+    )
+    if model_run:
+        result.info["model_run_id"] = model_run
+    return ConfigRun(cfg, result, where, model_run, trace.name, seconds)

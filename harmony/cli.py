@@ -160,17 +160,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from harmony.config import load_config
     from harmony.evaluate import compare, format_summary
-    from harmony.train import tracking_uri
+    from harmony.train import torch_threads, tracking_uri
 
     config = load_config(args.config, args.set or [])
-    if config.trainer.num_threads:
-        import torch
-
-        torch.set_num_threads(config.trainer.num_threads)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    evaluation = compare(
-        config, names, baseline=args.baseline, log=lambda s: print(s, flush=True), part=args.part
-    )
+    with torch_threads(config.trainer.num_threads):
+        evaluation = compare(
+            config, names, baseline=args.baseline, log=lambda s: print(s, flush=True), part=args.part
+        )
     print(f"\nscored on the {'validation' if args.part == 'val' else 'test'} part")
     print(format_summary(evaluation))
     mlflow.set_tracking_uri(tracking_uri())

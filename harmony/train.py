@@ -86,6 +86,22 @@ def tracking_uri() -> str:
     return env if env else f"sqlite:///{(Path.cwd() / 'mlflow.db').as_posix()}"
 
 
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """`trainer.num_threads`: torch's thread count inside the block (None: leave it), restored after.
+
+    A fixed count makes CPU results bit-identical from run to run (the count sets the order of floating-point
+    sums, so a seed reproduces a training only at one count), and one thread avoids the pathological
+    slow-down of OpenMP threads competing with another busy process."""
+    threads = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 # --- run state ---------------------------------------------------------------------------------------------
 
 
@@ -486,15 +502,8 @@ def train(config: TrainConfig, *, resume: bool = False, register: str | None = N
         raise TrainError("the registered model name must not be empty")
     out = config.output_dir.resolve()
     uri = tracking_uri()
-    threads = torch.get_num_threads()
-    if config.trainer.num_threads is not None:
-        # A fixed count makes CPU results bit-identical from run to run, and one thread avoids the
-        # pathological slow-down of OpenMP threads competing with another busy process. Restored after.
-        torch.set_num_threads(config.trainer.num_threads)
-    try:
+    with torch_threads(config.trainer.num_threads):
         return _train(config, out, uri, resume=resume, register=register)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, out: Path, uri: str, *, resume: bool, register: str | None) -> TrainResult:

@@ -24,7 +24,7 @@ from harmony.config import ConfigError, TrainConfig, load_config
 from harmony.data.catalog import load
 from harmony.model.base import Forecaster
 from harmony.model.mlflow_model import forecast_frame
-from harmony.train import TrainError, TrainResult, train
+from harmony.train import TrainError, TrainResult, torch_threads, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FISHER = ROOT / "configs" / "fisher_containers.yaml"
@@ -432,3 +432,16 @@ def test_cli_help_documents_the_flags(capsys: pytest.CaptureFixture[str]) -> Non
     text = capsys.readouterr().out
     for flag in ("--config", "--set", "--register", "--resume", "trainer.accelerator=gpu", "ddp"):
         assert flag in text
+
+
+def test_torch_threads_sets_the_count_inside_the_block_and_restores_it() -> None:
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    with torch_threads(other):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"), torch_threads(other):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before  # restored on an error too
+    with torch_threads(None):  # trainer.num_threads: null leaves torch's count as it is
+        assert torch.get_num_threads() == before
