@@ -14,7 +14,8 @@ trained and scored in that space on every training window, as the example code d
 lookback on one thread) and reports MSE
 beside its published 0.0453/0.0458/0.0474, harmony's point forecast being the mean of --paper-draws
 draws (default 1,000) per window (--paper-reference also trains our reproduction of the paper
-code at its published size, 20-30 minutes per lookback on one thread). --timing measures sampling 100
+code at its published size, 20-30 minutes per lookback on one thread; each lookback's seconds per model
+are printed). --timing measures sampling 100
 draws for one series on one core and the training time of the fisher config. Targets: docs/model.md.
 """
 
@@ -117,13 +118,16 @@ def paper_protocol(
             ],
         )
         with torch_threads(cfg.trainer.num_threads):
-            columns, errors = _paper_errors(cfg, with_reference=with_reference, draws=draws)
+            columns, errors, seconds = _paper_errors(cfg, with_reference=with_reference, draws=draws)
+            threads = torch.get_num_threads()
         for model, e in errors.items():
             col = np.nanmean(e, axis=0)
             mse_all, mse_load = float(np.mean(col)), float(col[columns.index("load")])
             print(f"{lookback:>8} {model:>24} {mse_all:>11.4f} {mse_load:>9.4f} {PAPER_MSE[lookback]:>11}")
             if lookback == lookbacks[0]:
                 per_column[model] = dict(zip(columns, col.tolist(), strict=True))
+        took = ", ".join(f"{m} {t:.0f} s" for m, t in seconds.items())
+        print(f"{lookback:>8} training and scoring on {threads} torch thread(s): {took}")
     print(f"\nlookback {lookbacks[0]}, MSE per column (MinMax space)")
     models = list(per_column)
     print(f"{'column':>26} " + " ".join(f"{m:>24}" for m in models))
@@ -133,9 +137,10 @@ def paper_protocol(
 
 def _paper_errors(
     cfg: TrainConfig, *, with_reference: bool, draws: int
-) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Train the paper protocol's models at `cfg`'s lookback; the 11 columns and, per point forecast, the
-    squared errors [test windows of every container, 11] in MinMax space."""
+) -> tuple[list[str], dict[str, np.ndarray], dict[str, float]]:
+    """Train the paper protocol's models at `cfg`'s lookback; the 11 columns, per point forecast the
+    squared errors [test windows of every container, 11] in MinMax space, and per model the seconds it
+    took to train and forecast."""
     import harmony.model.registry  # noqa: F401  (registers every model)
     from harmony.data.windows import WindowDataset, WindowSpec, chronological_split
     from harmony.model.base import Forecaster, ForecastSpec
@@ -152,6 +157,8 @@ def _paper_errors(
     names = [c for c in columns if c != "memory_limit_bytes"]  # constant: not a forecasting target
     spec = ForecastSpec.for_trace(trace, lookback=lookback, horizon=1, lead_time=0, targets=names)
     target_cols = [columns.index(n) for n in spec.targets]
+    seconds = {"harmony": 0.0, **({"harmony_ref": 0.0} if with_reference else {})}
+    t0 = time.perf_counter()
     flow_model = Forecaster.registered()["harmony"](
         spec, **cfg.model.hparams, seed=cfg.trainer.seed, max_epochs=cfg.trainer.max_epochs
     )
@@ -159,9 +166,12 @@ def _paper_errors(
     assert isinstance(flow_model, NeuralForecaster)
     # The learned bound (0, the training minimum in MinMax space) is replaced by each container's own.
     flow_model.model.lower.fill_(float("-inf"))  # type: ignore[operator]
+    seconds["harmony"] += time.perf_counter() - t0
     ref = HarmonyRefForecaster(spec, seed=cfg.trainer.seed) if with_reference else None
     if ref is not None:
+        t0 = time.perf_counter()
         ref.fit(trace, split)
+        seconds["harmony_ref"] += time.perf_counter() - t0
     errors: dict[str, list[np.ndarray]] = {}
     ds = WindowDataset(trace, split, "test", WindowSpec(lookback, 1), indicators=columns)
     for k, sid in enumerate(trace.series_ids):
@@ -172,19 +182,23 @@ def _paper_errors(
         hist = hist_all[..., [columns.index(n) for n in spec.indicators]]
         last = hist_all[:, -1, :]
         lower = bounds[sid][target_cols]
+        t0 = time.perf_counter()
         samples = np.maximum(flow_model.sample(hist, draws, times, seed=0)[:, :, 0], lower)  # [W, draws, 10]
+        seconds["harmony"] += time.perf_counter() - t0
         points = {
             "harmony (mean)": samples.mean(axis=1),
             "harmony (median)": np.median(samples, axis=1),
             "persistence": last[:, target_cols],
         }
         if ref is not None:
+            t0 = time.perf_counter()
             points["harmony_ref"] = np.maximum(ref.point(hist, times, seed=0)[:, 0], lower)
+            seconds["harmony_ref"] += time.perf_counter() - t0
         for model, p in points.items():
             full = last.copy()
             full[:, target_cols] = p
             errors.setdefault(model, []).append((full - y) ** 2)
-    return columns, {model: np.concatenate(errs) for model, errs in errors.items()}
+    return columns, {model: np.concatenate(errs) for model, errs in errors.items()}, seconds
 
 
 def timing(overrides: list[str]) -> None:
