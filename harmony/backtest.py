@@ -1026,13 +1026,15 @@ class BacktestResult:
     """Per-run table, summaries and what the report draws.
 
     per_run: one row per (policy, knob, series); summary: one row per (policy, knob), over all series;
-    matched: one row per policy at the target violation rate. `capacity[(policy, knob, series)]` is the
+    matched: one row per policy at the target violation rate; per_service: one row per policy, its cheapest
+    knob that keeps every series within the target rate. `capacity[(policy, knob, series)]` is the
     count in place over the scored steps of the series, `demand[series]` the demand there [steps, D].
     """
 
     per_run: pd.DataFrame
     summary: pd.DataFrame
     matched: pd.DataFrame
+    per_service: pd.DataFrame
     settings: Settings
     dataset: str
     capacity: dict[tuple[str, str, str], IntArray]  # (policy, knob_key(knob), series)
@@ -1060,14 +1062,17 @@ class BacktestResult:
         return float(rows["knob"].iloc[pick])
 
 
-def _summarize(per_run: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _summarize(per_run: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     rows: list[dict[str, Any]] = []
+    target = settings.target_violation_rate
     keys = per_run["policy"] + "|" + per_run["knob"].map(knob_key)
     for key in dict.fromkeys(keys):
         g = per_run[keys == key]
         policy, knob = str(g["policy"].iloc[0]), float(g["knob"].iloc[0])
         steps = float(g["steps"].sum())
         viol = float(g["violations"].sum())
+        # Each series is a service with its own SLA: the worst one says whether every SLA held.
+        rates = g["violation_rate"][g["steps"] > 0].to_numpy(np.float64)
         rows.append(
             {
                 "policy": policy,
@@ -1076,6 +1081,8 @@ def _summarize(per_run: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame,
                 "series": len(g),
                 "steps": steps,
                 "violation_rate": viol / steps if steps else math.nan,
+                "worst_violation_rate": float(rates.max()) if rates.size else math.nan,
+                "services_within_sla": int((rates <= target + 1e-12).sum()),
                 "cost": float(g["cost"].sum()),
                 "replica_hours": float(g["replica_hours"].sum()),
                 "unmet_replica_hours": float(g["unmet_replica_hours"].sum()),
@@ -1103,7 +1110,6 @@ def _summarize(per_run: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame,
     ]
     summary["cost_rel_oracle"] = summary["cost"] / oracle_cost
 
-    target = settings.target_violation_rate
     hpa_at = hpa_cost(target)
     matched_rows: list[dict[str, Any]] = []
     for policy in dict.fromkeys(summary["policy"]):
@@ -1135,7 +1141,43 @@ def _summarize(per_run: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame,
                 "cost_rel_oracle": cost / oracle_cost,
             }
         )
-    return summary, pd.DataFrame(matched_rows)
+    return summary, pd.DataFrame(matched_rows), per_service_table(summary, target)
+
+
+def per_service_table(summary: pd.DataFrame, target: float) -> pd.DataFrame:
+    """One row per policy: its cheapest swept knob under which *every* series (a service with its own SLA)
+    violates at most `target` of its steps; `not_reached` (cost NaN, the smallest worst rate it reached)
+    when no knob does. Sweep points only, no interpolation between knobs. `cost_rel_hpa` divides by the
+    HPA's cost in this table (NaN when the HPA reaches no such knob)."""
+    rows: list[dict[str, Any]] = []
+    for policy in dict.fromkeys(summary["policy"]):
+        g = summary[summary["policy"] == policy]
+        worst = g["worst_violation_rate"].to_numpy(np.float64)
+        ok = worst <= target + 1e-12
+        if ok.any():
+            r = g.iloc[int(np.argmin(np.where(ok, g["cost"].to_numpy(np.float64), np.inf)))]
+            knob = "-" if policy == "oracle" else f"{float(r['knob']):g}"
+            rate, cost, hours = float(r["violation_rate"]), float(r["cost"]), float(r["replica_hours"])
+            worst_rate = float(r["worst_violation_rate"])
+        else:
+            knob, rate, cost, hours = "not_reached", math.nan, math.nan, math.nan
+            worst_rate = float(np.nanmin(worst)) if np.isfinite(worst).any() else math.nan
+        rows.append(
+            {
+                "policy": policy,
+                "knob_name": KNOB_NAMES[str(policy)],
+                "knob": knob,
+                "violation_rate": rate,
+                "worst_violation_rate": worst_rate,
+                "cost": cost,
+                "replica_hours": hours,
+            }
+        )
+    table = pd.DataFrame(rows)
+    cost_of = dict(zip(table["policy"], table["cost"], strict=True))
+    table["cost_rel_hpa"] = table["cost"] / cost_of.get("hpa", math.nan)
+    table["cost_rel_oracle"] = table["cost"] / cost_of.get("oracle", math.nan)
+    return table
 
 
 def _groups(datas: Sequence[SeriesData], per_window_bytes: int) -> Iterator[list[SeriesData]]:
@@ -1227,11 +1269,12 @@ def run_backtest(
             f"({', '.join(f'{p} {seconds[p]:.1f} s' for p in POLICY_ORDER if seconds[p])})"
         )
     per_run = pd.DataFrame(rows)
-    summary, matched = _summarize(per_run, settings)
+    summary, matched, per_service = _summarize(per_run, settings)
     return BacktestResult(
         per_run=per_run,
         summary=summary,
         matched=matched,
+        per_service=per_service,
         settings=settings,
         dataset=trace.name,
         capacity=capacity,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -32,6 +33,7 @@ from harmony.backtest import (
     forecast_draws,
     knob_key,
     load_backtest_config,
+    per_service_table,
     prepare_series,
     replay,
     run_backtest,
@@ -234,6 +236,53 @@ def test_cost_at_a_matched_rate_reads_the_pareto_front() -> None:
     assert math.isnan(cost_at_rate([0.02, 0.03], [1.0, 2.0], 0.01)[0])  # never gets down to 1%
 
 
+def test_per_service_takes_the_cheapest_knob_keeping_every_series_within_the_rate() -> None:
+    # Two policies, rates per knob summed over series (total) and the worst series' rate, by hand.
+    summary = pd.DataFrame(
+        [
+            # harmony: eps 0.05 is cheapest but one series is at 3%; eps 0.02 keeps all <= 1%
+            ("harmony", 0.05, 0.015, 0.03, 80.0, 79.0),
+            ("harmony", 0.02, 0.008, 0.01, 90.0, 89.5),
+            ("harmony", 0.01, 0.004, 0.006, 95.0, 94.8),
+            # hpa: every knob leaves some series above 1% (2% at the safest)
+            ("hpa", 0.5, 0.009, 0.02, 100.0, 99.0),
+            ("hpa", 0.7, 0.02, 0.05, 85.0, 83.0),
+            ("oracle", 0.0, 0.0, 0.0, 60.0, 60.0),
+        ],
+        columns=["policy", "knob", "violation_rate", "worst_violation_rate", "cost", "replica_hours"],
+    )
+    table = per_service_table(summary, 0.01).set_index("policy")
+    h, hpa, oracle = table.loc["harmony"], table.loc["hpa"], table.loc["oracle"]
+    assert h["knob"] == "0.02" and h["cost"] == 90.0 and h["worst_violation_rate"] == 0.01  # at the rate: ok
+    assert h["violation_rate"] == 0.008 and h["cost_rel_oracle"] == pytest.approx(1.5)
+    assert hpa["knob"] == "not_reached" and math.isnan(hpa["cost"]) and hpa["worst_violation_rate"] == 0.02
+    assert math.isnan(h["cost_rel_hpa"])  # nothing to divide by when the HPA never keeps every series
+    assert oracle["knob"] == "-" and oracle["cost_rel_oracle"] == 1.0
+    # A looser target lets the HPA in: its cheapest knob with every series <= 2% is 0.5.
+    loose = per_service_table(summary, 0.02).set_index("policy")
+    assert loose.loc["hpa", "knob"] == "0.5" and loose.loc["harmony", "cost_rel_hpa"] == pytest.approx(0.9)
+
+
+def test_the_per_service_table_reads_the_per_run_rows(swept: BacktestResult) -> None:
+    target = swept.settings.target_violation_rate
+    runs = swept.per_run
+    for row in swept.summary.itertuples():
+        same = (runs["policy"] == row.policy) & (runs["knob"].map(knob_key) == knob_key(row.knob))
+        rates = runs[same]["violation_rate"]
+        assert len(rates) == len(swept.series)
+        assert row.worst_violation_rate == pytest.approx(rates.max())
+        assert row.services_within_sla == int((rates <= target + 1e-12).sum())
+    matched = swept.matched.set_index("policy")["cost"]
+    reached = 0
+    for row in swept.per_service.itertuples():
+        if row.knob != "not_reached":
+            reached += 1
+            assert row.worst_violation_rate <= target + 1e-12
+            # every series within the rate puts the total within it too: never below the matched cost
+            assert row.cost >= matched[row.policy] - 1e-9
+    assert reached >= 2  # the oracle and at least one policy keep every series within the rate
+
+
 def test_the_cost_bound_by_hand() -> None:
     # One replica serves 2 units; 1..4 replicas; 1 per replica-hour, 0.5 per violated one-hour step.
     s = Settings(
@@ -352,7 +401,7 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, monkeypatch: pytest.Mon
     assert {"report.html", "summary.txt", "plots", "tables"} <= artifacts
 
     # The printed tables are the run's metrics.
-    matched = text[text.index("at the target violation rate 2%") : text.index("every policy and knob")]
+    matched = text[text.index("at the target violation rate 2%") : text.index("every service within its SLA")]
     *table, bound = [line for line in matched.splitlines()[3:] if line.strip()]
     rows = [line.split() for line in table]
     assert bound.startswith("lower bound at 2% violations: cost ")
@@ -377,7 +426,7 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, monkeypatch: pytest.Mon
     sweep = text[text.index("every policy and knob") :].split("\n\n")[0]
     lines = [line.split() for line in sweep.splitlines()[3:] if line.strip()]
     assert len(lines) == 3 + 2 + 2 + 3 + 1
-    for policy, knob, viol, cost, *_ in lines:
+    for policy, knob, viol, worst, cost, *_ in lines:
         value = knob.split("=")[1] if "=" in knob else "-"
         assert metrics[f"sweep/{policy}/{value}/cost"] == pytest.approx(_number(cost), rel=1e-3), (
             policy,
@@ -386,6 +435,23 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, monkeypatch: pytest.Mon
         assert 100 * metrics[f"sweep/{policy}/{value}/violation_rate"] == pytest.approx(
             _number(viol), rel=1e-3, abs=1e-4
         )
+        assert 100 * metrics[f"sweep/{policy}/{value}/worst_violation_rate"] == pytest.approx(
+            _number(worst), rel=1e-3, abs=1e-4
+        )
+    # The per-service table is the run's service/ metrics too.
+    service = text[text.index("every service within its SLA") : text.index("every policy and knob")]
+    service_rows = [line.split() for line in service.splitlines()[3:] if line.strip()]
+    assert [r[0] for r in service_rows] == ["harmony", "quantile", "point", "hpa", "oracle"]
+    for policy, _knob, viol, worst, cost, *_ in service_rows:
+        for printed, name, scale in ((viol, "violation_rate", 100.0), (worst, "worst_violation_rate", 100.0)):
+            key = f"service/{policy}/{name}"
+            if printed != "-":
+                assert metrics[key] * scale == pytest.approx(_number(printed), rel=1e-3, abs=1e-4), key
+        if cost == "-":
+            assert f"service/{policy}/cost" not in metrics
+        else:
+            assert metrics[f"service/{policy}/cost"] == pytest.approx(_number(cost), rel=1e-3), policy
+    assert (folder / "tables" / "per_service.csv").exists() and "Every service within its SLA" in html
 
     # The validation part: the same model (reused, not retrained), its own report folder and MLflow run,
     # and the test part's report left as it was.
