@@ -263,6 +263,40 @@ def test_per_service_takes_the_cheapest_knob_keeping_every_series_within_the_rat
     assert loose.loc["hpa", "knob"] == "0.5" and loose.loc["harmony", "cost_rel_hpa"] == pytest.approx(0.9)
 
 
+def test_tuned_per_service_gives_each_series_its_own_cheapest_knob() -> None:
+    # (policy, knob, series, steps, violation_rate, cost): s1 is calm, s2 bursty.
+    runs = pd.DataFrame(
+        [
+            ("hpa", 0.5, "s1", 100, 0.00, 10.0),
+            ("hpa", 0.5, "s2", 100, 0.03, 20.0),
+            ("hpa", 0.3, "s1", 100, 0.00, 15.0),
+            ("hpa", 0.3, "s2", 100, 0.01, 30.0),
+            ("harmony", 0.02, "s1", 100, 0.01, 9.0),
+            ("harmony", 0.02, "s2", 100, 0.02, 21.0),
+            ("harmony", 0.01, "s1", 100, 0.00, 11.0),
+            ("harmony", 0.01, "s2", 100, 0.01, 24.0),
+            ("point", 0.0, "s1", 100, 0.00, 8.0),
+            ("point", 0.0, "s2", 100, 0.05, 18.0),  # s2 within 1% at no margin: no tuned figure
+            ("oracle", math.nan, "s1", 100, 0.0, 7.0),
+            ("oracle", math.nan, "s2", 100, 0.0, 14.0),
+        ],
+        columns=["policy", "knob", "series", "steps", "violation_rate", "cost"],
+    )
+    summary = runs.groupby(["policy", "knob"], dropna=False, sort=False).agg(
+        cost=("cost", "sum"),
+        worst_violation_rate=("violation_rate", "max"),
+        violation_rate=("violation_rate", "mean"),
+    )
+    summary = summary.reset_index().assign(replica_hours=lambda f: f["cost"])
+    table = per_service_table(summary, 0.01, runs).set_index("policy")
+    # one knob for both: hpa 0.3 (45), harmony 0.01 (35); tuned: hpa 10 + 30, harmony 9 + 24
+    assert table.loc["hpa", "cost"] == 45.0 and table.loc["harmony", "cost"] == 35.0
+    assert table.loc["hpa", "tuned_cost"] == 40.0 and table.loc["harmony", "tuned_cost"] == 33.0
+    assert table.loc["harmony", "tuned_rel_hpa"] == pytest.approx(33 / 40)
+    assert table.loc["harmony", "tuned_rel_oracle"] == pytest.approx(33 / 21)
+    assert math.isnan(table.loc["point", "tuned_cost"]) and table.loc["point", "knob"] == "not_reached"
+
+
 def test_the_per_service_table_reads_the_per_run_rows(swept: BacktestResult) -> None:
     target = swept.settings.target_violation_rate
     runs = swept.per_run
@@ -280,6 +314,7 @@ def test_the_per_service_table_reads_the_per_run_rows(swept: BacktestResult) -> 
             assert row.worst_violation_rate <= target + 1e-12
             # every series within the rate puts the total within it too: never below the matched cost
             assert row.cost >= matched[row.policy] - 1e-9
+            assert row.tuned_cost <= row.cost + 1e-9  # a knob per series is never dearer than one for all
     assert reached >= 2  # the oracle and at least one policy keep every series within the rate
 
 
@@ -457,7 +492,16 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, monkeypatch: pytest.Mon
     # and the test part's report left as it was.
     before = (folder / "report.html").read_bytes()
     val = subprocess.run(
-        [sys.executable, "-m", "harmony.cli", "backtest", "--config", str(config), "--set", "backtest.part=val"],
+        [
+            sys.executable,
+            "-m",
+            "harmony.cli",
+            "backtest",
+            "--config",
+            str(config),
+            "--set",
+            "backtest.part=val",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -605,7 +649,9 @@ def test_gaps_in_a_lookback_are_filled_as_the_operator_fills_them() -> None:
     from harmony.data.windows import usable_lookback
 
     nan = np.nan
-    w = np.array([[1.0, 5.0], [nan, 5.0], [3.0, 6.0], [4.0, nan], [5.0, 8.0]] * 2, dtype=np.float32)  # 10 steps
+    w = np.array(
+        [[1.0, 5.0], [nan, 5.0], [3.0, 6.0], [4.0, nan], [5.0, 8.0]] * 2, dtype=np.float32
+    )  # 10 steps
     filled = usable_lookback(w)
     assert filled is not None and np.isfinite(filled).all()
     assert filled[1, 0] == 2.0 and filled[3, 1] == 7.0  # linear between the neighbours
