@@ -146,56 +146,41 @@ def bound_text(result: BacktestResult) -> str:
     return f"lower bound at {rate} violations: cost {result.bound:.6g}{extra}; no policy there is cheaper"
 
 
+def _policy_table(frame: pd.DataFrame, columns: Sequence[tuple[str, str, Callable[[Any], str]]]) -> str:
+    """One row per policy of a matched or per-service frame: the knob, then (header, column, format)."""
+    rows = [
+        [
+            str(r["policy"]),
+            f"{r['knob_name']}={r['knob']}" if r["knob"] not in ("-", "not_reached") else str(r["knob"]),
+            *(fmt(r[key]) for _, key, fmt in columns),
+        ]
+        for r in frame.to_dict("records")
+    ]
+    return _render(["policy", "knob", *(header for header, _, _ in columns)], rows)
+
+
 def format_tables(result: BacktestResult) -> str:
-    """The matched table and the sweep table (violation rates in percent, costs in the config's currency)."""
+    """The matched, per-service and sweep tables (violation rates in percent, costs in the config's
+    currency)."""
     s = result.settings
     target = s.target_violation_rate
-    m = result.matched
-    matched = _render(
-        ["policy", "knob", "viol_%", "cost", "replica_h", "vs_hpa", "vs_oracle"],
+    columns: list[tuple[str, str, Callable[[Any], str]]] = [
+        ("viol_%", "violation_rate", _pct),
+        ("cost", "cost", _num),
+        ("replica_h", "replica_hours", _num),
+        ("vs_hpa", "cost_rel_hpa", _num),
+        ("vs_oracle", "cost_rel_oracle", _num),
+    ]
+    matched = _policy_table(result.matched, columns)
+    service = _policy_table(
+        result.per_service,
         [
-            [
-                str(r["policy"]),
-                f"{r['knob_name']}={r['knob']}" if r["knob"] not in ("-", "not_reached") else str(r["knob"]),
-                _pct(r["violation_rate"]),
-                _num(r["cost"]),
-                _num(r["replica_hours"]),
-                _num(r["cost_rel_hpa"]),
-                _num(r["cost_rel_oracle"]),
-            ]
-            for r in m.to_dict("records")
-        ],
-    )
-    ps = result.per_service
-    service = _render(
-        [
-            "policy",
-            "knob",
-            "viol_%",
-            "worst_%",
-            "cost",
-            "replica_h",
-            "vs_hpa",
-            "vs_oracle",
-            "tuned_cost",
-            "tuned_vs_hpa",
-            "tuned_vs_oracle",
-        ],
-        [
-            [
-                str(r["policy"]),
-                f"{r['knob_name']}={r['knob']}" if r["knob"] not in ("-", "not_reached") else str(r["knob"]),
-                _pct(r["violation_rate"]),
-                _pct(r["worst_violation_rate"]),
-                _num(r["cost"]),
-                _num(r["replica_hours"]),
-                _num(r["cost_rel_hpa"]),
-                _num(r["cost_rel_oracle"]),
-                _num(r["tuned_cost"]),
-                _num(r["tuned_rel_hpa"]),
-                _num(r["tuned_rel_oracle"]),
-            ]
-            for r in ps.to_dict("records")
+            columns[0],
+            ("worst_%", "worst_violation_rate", _pct),
+            *columns[1:],
+            ("tuned_cost", "tuned_cost", _num),
+            ("tuned_vs_hpa", "tuned_rel_hpa", _num),
+            ("tuned_vs_oracle", "tuned_rel_oracle", _num),
         ],
     )
     sm = result.summary

@@ -396,22 +396,12 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, monkeypatch: pytest.Mon
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HARMONY_DATA_DIR": str(data_root)}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harmony.cli",
-            "backtest",
-            "--config",
-            str(config),
-            "--set",
-            "sla.max_violation_probability=0.02",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
+
+    def backtest(override: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "harmony.cli", "backtest", "--config", str(config), "--set", override]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    out = backtest("sla.max_violation_probability=0.02")
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     folder = tmp_path / "runs" / "backtest" / "tiny"
@@ -491,22 +481,7 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, monkeypatch: pytest.Mon
     # The validation part: the same model (reused, not retrained), its own report folder and MLflow run,
     # and the test part's report left as it was.
     before = (folder / "report.html").read_bytes()
-    val = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harmony.cli",
-            "backtest",
-            "--config",
-            str(config),
-            "--set",
-            "backtest.part=val",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
+    val = backtest("backtest.part=val")
     assert val.returncode == 0, val.stderr[-3000:]
     assert "model: reusing" in val.stdout + val.stderr and "scored steps of the validation part" in val.stdout
     assert (folder / "report.html").read_bytes() == before
