@@ -1155,7 +1155,7 @@ def per_service_table(
     With `per_run`, also `tuned_cost`: each series at its own cheapest knob within the rate, chosen in
     hindsight (as if every service's knob had been tuned on its test part; NaN when some series is within
     the rate at no knob), and `tuned_rel_hpa` / `tuned_rel_oracle`: one knob for every service is what
-    the policies are configured with, the tuned figure what per-service tuning could at best add."""
+    the policies are configured with, the tuned figure what per-service tuning could at best reach."""
     rows: list[dict[str, Any]] = []
     for policy in dict.fromkeys(summary["policy"]):
         g = summary[summary["policy"] == policy]
@@ -1196,6 +1196,8 @@ def _tuned_cost(runs: pd.DataFrame, target: float) -> float:
     """Sum over series of the cheapest run of one policy whose violation rate is within `target`."""
     total = 0.0
     for _, g in runs.groupby("series", sort=False):
+        if not (g["steps"] > 0).any():
+            continue  # nothing scored: no SLA to keep
         ok = g[(g["steps"] > 0) & (g["violation_rate"] <= target + 1e-12)]
         if ok.empty:
             return math.nan
