@@ -109,6 +109,8 @@ IntArray = NDArray[np.int64]
 
 # Table order: HARMONY first, then its ablation, the other forecast baseline, the reactive and static
 # baselines, and the lower bound.
+# Violation rates are ratios of step counts: a rate "at" the target may differ from it by float rounding.
+RATE_TOLERANCE = 1e-12
 POLICY_ORDER: tuple[str, ...] = ("harmony", "quantile", "point", "hpa", "static", "oracle")
 FORECAST_POLICIES = frozenset({"harmony", "quantile", "point"})
 # Which part of the split a backtest replays and scores (the names of `harmony evaluate --part`), in words.
@@ -971,12 +973,12 @@ def cost_at_rate(rates: Sequence[float], values: Sequence[float], target: float)
                 front[-1] = (r, v, i)
             else:
                 front.append((r, v, i))
-    below = [p for p in front if p[0] <= target + 1e-12]
+    below = [p for p in front if p[0] <= target + RATE_TOLERANCE]
     if not below:
         return math.nan, []
     lo = below[-1]
-    above = [p for p in front if p[0] > target + 1e-12]
-    if not above or abs(lo[0] - target) <= 1e-12:
+    above = [p for p in front if p[0] > target + RATE_TOLERANCE]
+    if not above or abs(lo[0] - target) <= RATE_TOLERANCE:
         return lo[1], [lo[2]]
     hi = above[0]
     w = (target - lo[0]) / (hi[0] - lo[0])
@@ -1057,7 +1059,7 @@ class BacktestResult:
         rows = self.summary[self.summary["policy"] == policy]
         rates = rows["violation_rate"].to_numpy(np.float64)
         costs = rows["cost"].to_numpy(np.float64)
-        ok = rates <= self.settings.target_violation_rate + 1e-12
+        ok = rates <= self.settings.target_violation_rate + RATE_TOLERANCE
         pick = int(np.argmin(np.where(ok, costs, np.inf))) if ok.any() else int(np.argmin(rates))
         return float(rows["knob"].iloc[pick])
 
@@ -1082,7 +1084,7 @@ def _summarize(per_run: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame,
                 "steps": steps,
                 "violation_rate": viol / steps if steps else math.nan,
                 "worst_violation_rate": float(rates.max()) if rates.size else math.nan,
-                "services_within_sla": int((rates <= target + 1e-12).sum()),
+                "services_within_sla": int((rates <= target + RATE_TOLERANCE).sum()),
                 "cost": float(g["cost"].sum()),
                 "replica_hours": float(g["replica_hours"].sum()),
                 "unmet_replica_hours": float(g["unmet_replica_hours"].sum()),
@@ -1160,7 +1162,7 @@ def per_service_table(
     for policy in dict.fromkeys(summary["policy"]):
         g = summary[summary["policy"] == policy]
         worst = g["worst_violation_rate"].to_numpy(np.float64)
-        ok = worst <= target + 1e-12
+        ok = worst <= target + RATE_TOLERANCE
         if ok.any():
             r = g.iloc[int(np.argmin(np.where(ok, g["cost"].to_numpy(np.float64), np.inf)))]
             knob = "-" if policy == "oracle" else f"{float(r['knob']):g}"
@@ -1198,7 +1200,7 @@ def _tuned_cost(runs: pd.DataFrame, target: float) -> float:
     for _, g in runs.groupby("series", sort=False):
         if not (g["steps"] > 0).any():
             continue  # nothing scored: no SLA to keep
-        ok = g[(g["steps"] > 0) & (g["violation_rate"] <= target + 1e-12)]
+        ok = g[(g["steps"] > 0) & (g["violation_rate"] <= target + RATE_TOLERANCE)]
         if ok.empty:
             return math.nan
         total += float(ok["cost"].min())

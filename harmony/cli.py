@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replay the test part of a trace: every policy (HARMONY, quantile-only, point forecast, "
         "Kubernetes HPA, static peak, perfect-foresight oracle) decides from the history up to each step, "
         "its count takes effect after the lead time, and each knob is swept. Prints the cost at the target "
-        "violation rate relative to the HPA and the oracle, writes PNG charts and one self-contained HTML "
+        "violation rate relative to the HPA and the oracle, in total and with every series (service) within "
+        "it, writes PNG charts and one self-contained HTML "
         "report, and logs everything to MLflow ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). "
         "backtest.part=val replays the validation part instead (report in val/), to choose knobs there.",
         epilog="Example: harmony backtest --config configs/backtest/fisher_containers.yaml "

@@ -93,7 +93,7 @@ HOW_TO_READ = (
     "the lower bound, so <b>vs oracle</b> is at least 1 at zero violations). A policy that never gets down "
     "to the target rate says <i>not_reached</i>. Each series is a service with its own SLA: the "
     "<b>every service within its SLA</b> table takes each policy's cheapest knob under which no series "
-    "violates more than the target rate (<b>worst</b>: the worst series' rate), as an operator enforcing "
+    "violates more than the target rate (<b>worst_%</b>: the worst series' rate), as an operator enforcing "
     "one SLA per workload must; its <i>tuned</i> columns give each series its own cheapest knob within the "
     "rate, chosen in hindsight (what tuning every service separately could at best reach). The capacity "
     "chart shows, for one series, demand (in "
@@ -342,19 +342,19 @@ def _display_tables(result: BacktestResult) -> tuple[pd.DataFrame, pd.DataFrame,
         "tuned_rel_hpa": "tuned: vs HPA",
         "tuned_rel_oracle": "tuned: vs oracle",
     }
-    m = result.matched.copy()
-    m.insert(3, "violation_%", 100.0 * m.pop("violation_rate"))
-    m = m.rename(columns=names)
-    p = result.per_service.copy()
-    p.insert(3, "violation_%", 100.0 * p.pop("violation_rate"))
-    p.insert(4, "worst_%", 100.0 * p.pop("worst_violation_rate"))
-    p = p.rename(columns=names)
-    s = result.summary.copy()
-    s["knob"] = [knob_key(float(k)) for k in s["knob"]]
-    s.insert(3, "violation_%", 100.0 * s.pop("violation_rate"))
-    s.insert(4, "worst_%", 100.0 * s.pop("worst_violation_rate"))
-    s = s.rename(columns=names)
-    return m, p, s
+
+    def display(frame: pd.DataFrame) -> pd.DataFrame:
+        # Rates as percentages, right after the knob.
+        out = frame.copy()
+        for k, (rate, label) in enumerate(
+            (("violation_rate", "violation_%"), ("worst_violation_rate", "worst_%"))
+        ):
+            if rate in out:
+                out.insert(3 + k, label, 100.0 * out.pop(rate))
+        return out.rename(columns=names)
+
+    summary = result.summary.assign(knob=[knob_key(float(k)) for k in result.summary["knob"]])
+    return display(result.matched), display(result.per_service), display(summary)
 
 
 def html_report(
