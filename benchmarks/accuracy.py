@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harmony.config import TrainConfig, load_config
 from harmony.data.trace import Trace
 from harmony.data.windows import Split
-from harmony.evaluate import compare, format_summary
-from harmony.train import torch_threads
+from harmony.training.config import TrainConfig, load_config
+from harmony.training.evaluate import compare, format_summary
+from harmony.training.train import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_MSE = {72: 0.0453, 144: 0.0458, 288: 0.0474}
@@ -146,7 +146,7 @@ def _paper_errors(
     from harmony.model.base import Forecaster, ForecastSpec
     from harmony.model.harmony_ref import HarmonyRefForecaster
     from harmony.model.neural import NeuralForecaster
-    from harmony.train import load_data
+    from harmony.training.train import load_data
 
     lookback = cfg.model.lookback
     _, raw, _, _ = load_data(cfg)
@@ -204,7 +204,7 @@ def _paper_errors(
 def timing(overrides: list[str]) -> None:
     import harmony.model.registry  # noqa: F401
     from harmony.model.base import Forecaster
-    from harmony.train import build_forecaster, load_data
+    from harmony.training.train import build_forecaster, load_data
 
     cfg = load_config(ROOT / "configs" / "fisher_containers.yaml", ["trainer.progress=false", *overrides])
     _, trace, split, spec = load_data(cfg)

@@ -144,10 +144,10 @@ async def start_kubernetes_api() -> tuple[Any, str, dict[str, int]]:
 
 def build_model(kind: str, out: Path) -> Path:
     import harmony.model.registry  # noqa: F401
-    from harmony.config import load_config
     from harmony.data.windows import chronological_split
     from harmony.model.base import Forecaster, ForecastSpec
-    from harmony.train import build_forecaster, load_data
+    from harmony.training.config import load_config
+    from harmony.training.train import build_forecaster, load_data
 
     cfg = load_config(
         Path(__file__).resolve().parents[1] / "configs/fisher_containers.yaml",

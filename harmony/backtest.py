@@ -47,18 +47,6 @@ import pandas as pd
 import yaml
 from numpy.typing import NDArray
 
-from harmony.config import (
-    RUN_NAME_PATTERN,
-    ConfigContext,
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    build_section,
-    config_from_dict,
-    load_config,
-    read_yaml,
-    resolve_card_path,
-)
 from harmony.data.errors import DataError
 from harmony.data.spec import DatasetCard, Kind
 from harmony.data.trace import Trace
@@ -72,6 +60,18 @@ from harmony.policies import (
     Policy,
     QuantilePolicy,
     StaticPolicy,
+)
+from harmony.training.config import (
+    RUN_NAME_PATTERN,
+    ConfigContext,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    build_section,
+    config_from_dict,
+    load_config,
+    read_yaml,
+    resolve_card_path,
 )
 
 __all__ = [
@@ -1336,7 +1336,7 @@ class ConfigRun:
 def _mlflow_forecaster(uri: str) -> Forecaster:
     import mlflow
 
-    from harmony.train import tracking_uri
+    from harmony.training.train import tracking_uri
 
     # models:/ URIs are resolved through MLflow's global store, not the tracking_uri argument: point it at
     # ours (as train() does), or a store set earlier in the process answers "not found".
@@ -1359,8 +1359,8 @@ def _mlflow_forecaster(uri: str) -> Forecaster:
 def _trained_forecaster(cfg: BacktestConfig, say: Callable[[str], None]) -> tuple[Forecaster, str | None]:
     """Train the configured model (a logged harmony.train run), or reuse the one trained for the same
     configuration in this backtest's output folder."""
-    from harmony.config import TrackingConfig
-    from harmony.train import STATE_FILE, RunState, comparable_config, train
+    from harmony.training.config import TrackingConfig
+    from harmony.training.train import STATE_FILE, RunState, comparable_config, train
 
     folder = (cfg.output_dir / "model").resolve()
     train_cfg = dataclasses.replace(
@@ -1410,7 +1410,7 @@ def settings_from_config(cfg: BacktestConfig, card: DatasetCard | Trace, lead_ti
 
 def run_config(cfg: BacktestConfig, *, log: Callable[[str], None] | None = None) -> ConfigRun:
     """Load the data, get the forecaster (train, folder, MLflow or none) and run the backtest."""
-    from harmony.train import torch_threads
+    from harmony.training.train import torch_threads
 
     with torch_threads(cfg.train.trainer.num_threads):
         return _run_config(cfg, log or (lambda _: None))

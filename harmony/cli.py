@@ -116,8 +116,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from harmony.config import load_config
-    from harmony.train import train
+    from harmony.training.config import load_config
+    from harmony.training.train import train
 
     config = load_config(args.config, args.set or [])
     result = train(config, resume=args.resume, register=args.register)
@@ -158,9 +158,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import mlflow
 
-    from harmony.config import load_config
-    from harmony.evaluate import compare, format_summary
-    from harmony.train import torch_threads, tracking_uri
+    from harmony.training.config import load_config
+    from harmony.training.evaluate import compare, format_summary
+    from harmony.training.train import torch_threads, tracking_uri
 
     config = load_config(args.config, args.set or [])
     names = [n.strip() for n in args.models.split(",") if n.strip()]

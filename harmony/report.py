@@ -543,7 +543,7 @@ class Published:
 def publish(run: ConfigRun, *, log: Callable[[str], None] | None = None) -> Published:
     """Write the report of a configured backtest into its output folder and log it to MLflow."""
     from harmony import __version__
-    from harmony.train import tracking_uri
+    from harmony.training.train import tracking_uri
 
     cfg, result = run.config, run.result
     out = cfg.output_dir.resolve()

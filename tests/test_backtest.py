@@ -40,13 +40,13 @@ from harmony.backtest import (
     run_config,
 )
 from harmony.cli import main
-from harmony.config import ConfigError
 from harmony.data.trace import Trace
 from harmony.data.windows import Split, chronological_split
 from harmony.model.base import ForecastSpec
 from harmony.model.seasonal_naive import SeasonalNaiveForecaster
 from harmony.policies import HPAPolicy, OraclePolicy, StaticPolicy
 from harmony.report import bound_text
+from harmony.training.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = ["container1", "container2"]

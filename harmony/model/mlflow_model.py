@@ -227,7 +227,7 @@ class HarmonyForecastModel(PythonModel):
 
 
 # MLflow runs this file under a generated module name when it logs or loads the model, and takes the model
-# from set_model. An ordinary import (by harmony.train, for the helpers above) must not register it: the
-# registration is process-global and would be picked up by an unrelated models-from-code file.
+# from set_model. An ordinary import (by harmony.training.train, for the helpers above) must not register
+# it: the registration is process-global and would be picked up by an unrelated models-from-code file.
 if __name__ != "harmony.model.mlflow_model":
     set_model(HarmonyForecastModel())

@@ -45,13 +45,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harmony import __version__
-from harmony.config import TrainConfig, resolve_card_path
 from harmony.data.catalog import get_card, load
 from harmony.data.errors import DataError
 from harmony.data.spec import DatasetCard, load_card
 from harmony.data.trace import Trace
 from harmony.data.windows import Split, WindowDataset, WindowSpec, chronological_split
-from harmony.evaluate import collect_windows
 from harmony.metrics import (
     coverage_key,
     crps_samples,
@@ -65,6 +63,8 @@ from harmony.metrics import (
 )
 from harmony.model.base import FitReport, Forecaster, ForecastSpec
 from harmony.plots import FanPanel, calibration_chart, fan_chart
+from harmony.training.config import TrainConfig, resolve_card_path
+from harmony.training.windows import collect_windows
 
 STATE_FILE = "state.json"
 CHECKPOINTS = "checkpoints"

@@ -20,13 +20,13 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from harmony.cli import main
-from harmony.config import ConfigError, TrainConfig, load_config
 from harmony.data.catalog import load
 from harmony.model.base import Forecaster
 from harmony.model.mlflow_model import forecast_frame
-from harmony.train import TrainError, TrainResult, torch_threads, train
+from harmony.training.config import ConfigError, TrainConfig, load_config
+from harmony.training.train import TrainError, TrainResult, torch_threads, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FISHER = ROOT / "configs" / "fisher_containers.yaml"
 
 # Two containers, a short window and a very small network: each training takes a second or two.

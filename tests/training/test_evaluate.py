@@ -9,11 +9,12 @@ import pytest
 
 import harmony.model.registry  # noqa: F401
 from harmony import metrics
-from harmony.config import load_config
 from harmony.data.catalog import load
 from harmony.data.windows import chronological_split
-from harmony.evaluate import collect_windows, compared_hparams, evaluate
 from harmony.model.base import Forecaster, ForecastSpec
+from harmony.training.config import load_config
+from harmony.training.evaluate import compared_hparams, evaluate
+from harmony.training.windows import collect_windows
 
 TINY = {
     "max_epochs": 1,
@@ -87,7 +88,7 @@ def test_validation_part_scores_only_validation_targets(data_root: Path) -> None
 
 
 def test_compared_models_share_the_budget_and_normalisation_and_only_ablations_get_the_rest() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs" / "fisher_containers.yaml", ["model.hparams.norm_floor_window=0.02"])
     own = cfg.model.hparams
     deepar = compared_hparams(cfg, "deepar")
