@@ -211,9 +211,12 @@ def test_binding_indicator_and_step_on_a_constructed_case() -> None:
 
 
 def test_scale_down_window_keeps_the_max_within_300_s_and_releases_after() -> None:
+    # A window holds the recommendations at most 300 s old, the one exactly 300 s old included (it stands
+    # for the HPA's sync 15 s after it, which a decision every step cannot see).
     st = Stabilizer(min_replicas=1, max_replicas=100, scale_down_stabilization_s=300.0)
     cur = 1
-    trace = [(0.0, 10, 10), (60.0, 5, 10), (120.0, 6, 10), (299.0, 4, 10), (300.0, 4, 6), (360.0, 4, 6)]
+    trace = [(0.0, 10, 10), (60.0, 5, 10), (120.0, 6, 10), (299.0, 4, 10), (300.0, 4, 10), (301.0, 4, 6)]
+    trace += [(360.0, 4, 6)]
     trace += [(421.0, 4, 4), (480.0, 12, 12), (540.0, 3, 12)]
     for now, rec, expected in trace:
         cur, cause = st.apply(rec, cur, now)

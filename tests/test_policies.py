@@ -70,7 +70,9 @@ def test_hpa_scale_down_window_takes_the_highest_recommendation_of_the_last_5_mi
         d = policy.decide(None, [], cur, now, current_demand=per_pod(100.0 * proposal / cur, cur))
         assert d.recommendation == proposal
         history.append((now, proposal))
-        in_window = [r for t, r in history if t > now - 300.0]  # strictly younger than 300 s, as the HPA
+        # At most 300 s old: a decision a minute stands for the HPA's syncs within that minute, the last of
+        # which is strictly younger than 300 s when the decision is exactly 300 s old.
+        in_window = [r for t, r in history if t >= now - 300.0]
         expected = min(cur, max(in_window)) if proposal < cur else proposal
         assert d.replicas == expected
         cur = d.replicas
@@ -79,17 +81,19 @@ def test_hpa_scale_down_window_takes_the_highest_recommendation_of_the_last_5_mi
 
 
 def test_hpa_stabilisation_example_of_the_behaviour_proposal() -> None:
-    # KEP-853 example: scaleDown window 600 s, one sync a minute, current 10; the recommendations
-    # 10, 9, 8, 9, 9, 8, 9, 8, 9, 8 keep 10; on the 11th minute 7 arrives, the first 10 leaves: 10 -> 9.
-    # (The example ignores the tolerance, under which 9/10 would propose no change.)
-    policy = hpa(scale_down_stabilization_s=600.0, tolerance=0.0)
+    # KEP-853 example: scaleDown window 600 s, current 10; the recommendations 10, 9, 8, 9, 9, 8, 9, 8, 9, 8
+    # a minute apart keep 10; then 7 arrives, the first 10 leaves the window: 10 -> 9. (The example ignores
+    # the tolerance, under which 9/10 would propose no change.) The KEP syncs once a minute; here a decision
+    # a minute stands for the HPA's 15-s syncs within that minute, whose last one re-made the first 10 at
+    # 0:45, so the window at 10:00 still holds it and the 10 leaves at the next minute's decision.
+    policy = hpa(scale_down_stabilization_s=600.0, tolerance=0.0, interval_s=60.0)
     cur = 10
-    for k, proposal in enumerate([10, 9, 8, 9, 9, 8, 9, 8, 9, 8]):
+    for k, proposal in enumerate([10, 9, 8, 9, 9, 8, 9, 8, 9, 8, 8]):
         cur = policy.decide(
             None, [], cur, 60.0 * k, current_demand=per_pod(100.0 * proposal / cur, cur)
         ).replicas
         assert cur == 10
-    d = policy.decide(None, [], cur, 600.0, current_demand=per_pod(100.0 * 7 / cur, cur))
+    d = policy.decide(None, [], cur, 660.0, current_demand=per_pod(100.0 * 7 / cur, cur))
     assert d.replicas == 9
     assert d.reason.endswith("stabilised to 9 (scale-down window)")
 
@@ -116,7 +120,7 @@ def test_hpa_min_max_zero_and_rate_limits() -> None:
     assert hpa(interval_s=15.0).decide(None, [], 1, 0.0, current_demand={"cpu": 2.0}).replicas == 5
     assert hpa(interval_s=30.0).decide(None, [], 1, 0.0, current_demand={"cpu": 2.0}).replicas == 10
     assert hpa(interval_s=60.0).decide(None, [], 1, 0.0, current_demand={"cpu": 2.0}).replicas == 20
-    no_limit = hpa(interval_s=15.0, scale_up_percent=None, scale_up_pods=1000)
+    no_limit = hpa(interval_s=15.0, scale_up="1000pods/15s")
     assert no_limit.decide(None, [], 1, 0.0, current_demand={"cpu": 2.0}).replicas == 20
     # No metric at all: hold.
     assert hpa().decide(None, [], 7, 0.0).replicas == 7

@@ -302,7 +302,8 @@ async def test_decision_state_is_restored_from_status(
     spec = autoscaler_spec(model={"uri": str(model_dir)})
     earlier = Decider(parse_spec(spec).decision_config())
     for violated in (True, False, True, True, False):  # a forecast that was too low 3 times in 5
-        earlier.decide(np.full((100, 1, 1), 1.0), ["load"], 2, 0.0)
+        # Draws of 1.5 load units need 2 replicas: a count the quantile set, above the floor of 1.
+        assert earlier.decide(np.full((100, 1, 1), 1.5), ["load"], 2, 0.0).replicas == 2
         earlier.observe({"load": 5.0 if violated else 0.5}, 2)
     saved = earlier.state_dict()
     async with aiohttp.ClientSession() as http, KubeClient() as kube:
