@@ -207,7 +207,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     print(f"report     {published.files.html}")
     for name, path in published.files.plots.items():
         print(f"plot       {name}: {path}")
-    print(f"tables     {published.output_dir / 'tables'}  (matched, summary, per_run .csv)")
+    tables = "validated, per_service, hindsight, summary, per_run .csv"
+    print(f"tables     {published.output_dir / 'tables'}  ({tables})")
     print(f"run        {published.run_id}  (browse: mlflow ui --backend-store-uri {published.tracking_uri})")
     print(f"time       {time.perf_counter() - t0:.1f} s")
     return 0

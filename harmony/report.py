@@ -1,14 +1,17 @@
 """What a backtest shows: the terminal tables, two PNG charts, one self-contained HTML page, and MLflow.
 
-* `format_tables(result)`: the matched table (each policy's cost at the target violation rate, relative to
-  the HPA and to the oracle), the per-service table (each policy's cheapest knob keeping every series within
-  the target rate) and the sweep table (every policy and knob), fixed-width text.
-* `capacity_chart`: demand against the capacity in place over time, one panel per policy (at the knob the
-  report picks: the cheapest within the target rate), for one series.
-* `curves_chart`: cost against violation rate for every policy's sweep, the target rate marked.
+* `format_tables(result)`: first the validated tables (every policy's knobs chosen on the validation part,
+  frozen, replayed on the test part: in total, then with every service within the target rate) with the
+  headline (the share of the gap between the best tuned baseline and the lower bound that HARMONY
+  captures), the per-service realised rates, then the hindsight frontier (each policy's test points read at
+  the target rate on their lower convex hull: second, and labelled so) and every setting replayed on test.
+* `capacity_chart`: demand against the capacity in place over time, one panel per policy at its validated
+  knobs, for one series.
+* `curves_chart`: cost against violation rate of every setting replayed on the test part, each policy's
+  lower convex hull, its validated setting marked, the target rate marked.
 * `html_report`: one HTML file with the PNGs inlined as base64, the tables, the configuration and a short
   "how to read" paragraph: it can be mailed or attached as it is.
-* `log_to_mlflow`: params (the configuration), metrics per policy and knob, the files as artifacts.
+* `log_to_mlflow`: params (the configuration and the chosen knobs), the metrics, the files as artifacts.
 * `publish(run)`: all of the above for a `harmony.backtest.ConfigRun` (what `harmony backtest` calls).
 
 Figures use matplotlib's object API on the Agg canvas and are written atomically (harmony.plots).
@@ -20,6 +23,7 @@ import base64
 import html
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,20 +35,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harmony.backtest import PARTS, POLICY_ORDER, BacktestResult, ConfigRun, knob_key
+from harmony.backtest import CRITERIA, POLICY_ORDER, BacktestResult, ConfigRun, knob_space, lower_hull
 from harmony.plots import FILE_MODE, save_png
 
 __all__ = [
-    "METRICS",
     "Published",
     "ReportFiles",
+    "bound_text",
     "capacity_chart",
     "curves_chart",
+    "fixed_knobs_text",
     "format_tables",
+    "headline_text",
     "html_report",
     "log_to_mlflow",
     "metric_key",
     "publish",
+    "run_metrics",
+    "short_knobs",
     "write_report",
 ]
 
@@ -52,53 +60,70 @@ COLORS = {
     "harmony": "tab:blue",
     "quantile": "tab:cyan",
     "point": "tab:purple",
+    "ehpa": "tab:pink",
+    "arima": "tab:olive",
+    "ets": "tab:gray",
     "hpa": "tab:orange",
     "static": "tab:brown",
     "oracle": "tab:green",
 }
-# Sweep metrics logged to MLflow per (policy, knob); the matched ones per policy.
-METRICS = (
-    "violation_rate",
+VALIDATED_METRICS = (
     "cost",
-    "replica_hours",
-    "unmet_replica_hours",
-    "overprovision",
-    "actions",
-    "fallbacks",
+    "violation_rate",
+    "worst_violation_rate",
+    "services_within_sla",
+    "val_cost",
+    "val_violation_rate",
+    "val_worst_violation_rate",
     "cost_rel_hpa",
     "cost_rel_oracle",
+    "cost_rel_best",
+    "gap_captured",
+    "fallbacks",
 )
-MATCHED_METRICS = ("violation_rate", "cost", "replica_hours", "cost_rel_hpa", "cost_rel_oracle")
-SERVICE_METRICS = (
-    *MATCHED_METRICS,
-    "worst_violation_rate",
-    "tuned_cost",
-    "tuned_rel_hpa",
-    "tuned_rel_oracle",
+HINDSIGHT_METRICS = (
+    "cost",
+    "violation_rate",
+    "cost_rel_hpa",
+    "cost_rel_oracle",
+    "cost_rel_best",
+    "gap_captured",
 )
+SWEEP_METRICS = ("violation_rate", "worst_violation_rate", "cost", "replica_hours", "actions", "fallbacks")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a parameter value
+# Knob names as the tables print them.
+SHORT_NAMES = {
+    "target_utilization": "target",
+    "tolerance": "tol",
+    "scale_down_window_s": "down_window",
+    "scale_up_window_s": "up_window",
+    "scale_down_rate": "down_rate",
+    "scale_up_rate": "up_rate",
+    "forgetting": "forget",
+}
 
 
 HOW_TO_READ = (
-    "Every policy replayed the {part} part of the trace: at each decision step it saw only the history up to "
-    "that step, and its replica count took effect after the lead time. A step is a <b>violation</b> when "
-    "the realised demand of any demand indicator exceeded the capacity of the replicas in place; the "
+    "Every policy replayed the trace with the same protocol: at each decision step it saw only the history "
+    "up to that step, and its replica count took effect after the lead time. A step is a <b>violation</b> "
+    "when the realised demand of any demand indicator exceeded the capacity of the replicas in place; the "
     "<b>violation rate</b> is the fraction of such steps, the <b>cost</b> is price &times; replica-hours + "
-    "penalty &times; violated steps. Each policy's knob was swept (HARMONY and quantile-only: the SLA "
-    "&epsilon;; HPA: target utilisation; point forecast: margin; static: headroom above the training peak), "
-    "which draws one cost-vs-violation curve per policy. Compare policies at the <b>same violation rate</b>: "
-    "the matched table reads each curve at the target rate (interpolating between the two knobs around it, "
-    "on the curve's Pareto front) and divides by the HPA's cost there (<b>vs HPA</b> below 1 means cheaper "
-    "than the Kubernetes HPA at the same reliability) and by the oracle's (perfect foresight, no violation: "
-    "the lower bound, so <b>vs oracle</b> is at least 1 at zero violations). A policy that never gets down "
-    "to the target rate says <i>not_reached</i>. Each series is a service with its own SLA: the "
-    "<b>every service within its SLA</b> table takes each policy's cheapest knob under which no series "
-    "violates more than the target rate (<b>worst_%</b>: the worst series' rate), as an operator enforcing "
-    "one SLA per workload must; its <i>tuned</i> columns give each series its own cheapest knob within the "
-    "rate, chosen in hindsight (what tuning every service separately could at best reach). The capacity "
-    "chart shows, for one series, demand (in "
-    "replicas: demand / capacity per replica, the largest over the demand indicators) against the replicas "
-    "in place, with violations in red."
+    "penalty &times; violated steps. <b>Every knob of every policy was chosen on the validation part</b> "
+    "(HARMONY: the SLA &epsilon;, its adaptation's forgetting and its scale-down window; the HPA and "
+    "crane's EHPA: target utilisation, tolerance, both stabilisation windows and the rate rules; point, "
+    "ARIMA and ETS forecasts: margin and window; static: headroom), as the cheapest setting that met the "
+    "target rate there in total, and separately with every series (a service with its own SLA) within it; "
+    "then frozen and replayed on the test part. The <b>validated tables</b> are those test figures: the "
+    "cost, the realised violation rate in total and of the worst series (<b>worst_%</b>), relative to the "
+    "cheapest baseline (<b>vs_best</b>), the HPA and the oracle (perfect foresight). <b>gap</b> is the "
+    "share of the gap between the best baseline's cost and the <b>lower bound</b> (the least cost any "
+    "policy can have at the target rate) that the policy captures: 1 reaches the bound, 0 ties the "
+    "baseline, below 0 costs more. The <b>hindsight</b> table reads each policy's test points at the target"
+    " rate on their lower convex hull: what it could at best have reached had its primary knob been tuned "
+    "on the test part itself. It is shown second because it is not a result anyone could have had in "
+    "advance. The capacity chart shows, for one series, demand (in replicas: demand / capacity per replica,"
+    " the largest over the demand indicators) against the replicas in place at the validated knobs, with "
+    "violations in red."
 )
 
 
@@ -116,13 +141,13 @@ def _num(x: Any, digits: int = 4) -> str:
     return f"{v:.{digits}g}" if abs(v) < 10**digits else f"{v:.0f}"
 
 
-def _render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _render(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> str:
     widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
 
     def line(r: Sequence[str]) -> str:
         return "  ".join(
-            c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
+            c.ljust(w) if k < left else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
@@ -131,102 +156,190 @@ def _pct(rate: Any) -> str:
     return "-" if math.isnan(float(rate)) else _num(100.0 * float(rate))
 
 
+def short_knobs(text: str, searched: Sequence[str] | None = None) -> str:
+    """A knobs text with the short names the tables print ('-' stays '-'); with `searched`, only the knobs
+    of those names (the ones the search chose among several values)."""
+    if searched is not None:
+        text = " ".join(t for t in text.split(" ") if t == ".." or t.split("=", 1)[0] in searched) or "-"
+    for long, short in SHORT_NAMES.items():
+        text = text.replace(f"{long}=", f"{short}=")
+    return text
+
+
+def _searched(result: BacktestResult) -> dict[str, list[str]]:
+    """Per policy: its primary knob and the secondary knobs with more than one value to choose from."""
+    out: dict[str, list[str]] = {}
+    for policy in result.tuned:
+        space = knob_space(policy, result.settings)
+        out[policy] = [space.primary, *(k for k, v in space.secondary.items() if len(v) > 1)]
+    return out
+
+
+def fixed_knobs_text(result: BacktestResult) -> str:
+    """The secondary knobs each policy had one value of (set, not searched), in one line."""
+    parts = []
+    for policy in result.tuned:
+        space = knob_space(policy, result.settings)
+        fixed = [f"{k}={_fmt_knob(v[0])}" for k, v in space.secondary.items() if len(v) == 1]
+        if fixed:
+            parts.append(f"{policy}: {short_knobs(' '.join(fixed))}")
+    return "knobs set, not searched: " + ("; ".join(parts) if parts else "none")
+
+
+def _fmt_knob(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def bound_text(result: BacktestResult) -> str:
-    """The lower bound at the target rate in words, relative to the oracle and the HPA there."""
+    """The lower bounds at the target rate in words."""
     rate = f"{100 * result.settings.target_violation_rate:g}%"
-    if not math.isfinite(result.bound):
+    total, service = result.bounds.get("total", math.nan), result.bounds.get("service", math.nan)
+    if not math.isfinite(total):
         return f"lower bound at {rate} violations: -"
-    rel = []
-    for policy in ("oracle", "hpa"):
-        row = result.matched[result.matched["policy"] == policy]
-        cost = float(row["cost"].iloc[0]) if len(row) else math.nan
-        if math.isfinite(cost) and cost > 0:
-            rel.append(f"{result.bound / cost:.3g}x the {policy}")
-    extra = f" ({', '.join(rel)})" if rel else ""
-    return f"lower bound at {rate} violations: cost {result.bound:.6g}{extra}; no policy there is cheaper"
+    return (
+        f"lower bound at {rate} violations on the test part: cost {total:.6g} in total, {service:.6g} with "
+        "every series within the rate; no policy there is cheaper"
+    )
 
 
-def _policy_table(frame: pd.DataFrame, columns: Sequence[tuple[str, str, Callable[[Any], str]]]) -> str:
-    """One row per policy of a matched or per-service frame: the knob, then (header, column, format)."""
+def headline_text(result: BacktestResult, criterion: str = "total") -> str:
+    """HARMONY against the best tuned baseline and the bound, in one sentence."""
+    h = result.headline.get(criterion)
+    if h is None:
+        return "headline: HARMONY was not replayed"
+    return (
+        f"HARMONY captures {_num(h['gap_captured'], 3)} of the gap between the best tuned baseline "
+        f"({h['best_baseline']}, cost {_num(h['best_baseline_cost'])}, "
+        f"{_pct(h['best_baseline_violation_rate'])}% violated) and the lower bound ({_num(h['bound'])}): "
+        f"cost {_num(h['harmony_cost'])} at {_pct(h['harmony_violation_rate'])}% violated (worst series "
+        f"{_pct(h['harmony_worst_violation_rate'])}%), {_num(h['vs_best'], 3)}x the best baseline, "
+        f"{_num(h['vs_hpa'], 3)}x the HPA, {_num(h['vs_oracle'], 3)}x the oracle"
+    )
+
+
+def _validated(result: BacktestResult, criterion: str) -> str:
+    g = result.validated[result.validated["criterion"] == criterion]
+    searched = _searched(result)
     rows = [
         [
             str(r["policy"]),
-            f"{r['knob_name']}={r['knob']}" if r["knob"] not in ("-", "not_reached") else str(r["knob"]),
-            *(fmt(r[key]) for _, key, fmt in columns),
+            short_knobs(str(r["knobs"]), searched[str(r["policy"])])
+            + ("" if r["met_on_val"] else " (not met on val)"),
+            _pct(r["val_violation_rate"]),
+            _pct(r["val_worst_violation_rate"]),
+            _pct(r["violation_rate"]),
+            _pct(r["worst_violation_rate"]),
+            _num(r["cost"]),
+            _num(r["cost_rel_best"]),
+            _num(r["cost_rel_hpa"]),
+            _num(r["cost_rel_oracle"]),
+            _num(r["gap_captured"], 3),
         ]
-        for r in frame.to_dict("records")
+        for r in g.to_dict("records")
     ]
-    return _render(["policy", "knob", *(header for header, _, _ in columns)], rows)
+    header = ["policy", "knobs chosen on validation", "val_%", "val_worst_%", "viol_%", "worst_%", "cost"]
+    return _render([*header, "vs_best", "vs_hpa", "vs_oracle", "gap"], rows)
+
+
+def _per_service(result: BacktestResult, criterion: str = "service", max_series: int = 12) -> str:
+    ps = result.per_service[result.per_service["criterion"] == criterion]
+    target = result.settings.target_violation_rate
+    policies = list(dict.fromkeys(ps["policy"]))
+    if len(result.series) <= max_series:
+        rate = ps.pivot(index="series", columns="policy", values="violation_rate")
+        rows = [[str(sid), *(_pct(rate.loc[sid, p]) for p in policies)] for sid in rate.index]
+        return _render(["series", *policies], rows, left=1)
+    rows = []
+    for p in policies:
+        r = ps[(ps["policy"] == p) & (ps["steps"] > 0)]["violation_rate"].to_numpy(np.float64)
+        within = int((r <= target + 1e-12).sum())
+        rows.append([p, f"{within}/{r.size}", *(_pct(v) for v in np.quantile(r, [0.0, 0.5, 0.9, 1.0]))])
+    return _render(["policy", "within", "min_%", "median_%", "p90_%", "max_%"], rows, left=1)
 
 
 def format_tables(result: BacktestResult) -> str:
-    """The matched, per-service and sweep tables (violation rates in percent, costs in the config's
-    currency)."""
+    """The validated tables and headline first, then the per-service rates, the hindsight frontier and every
+    setting replayed on the test part (violation rates in percent, costs in the config's currency)."""
     s = result.settings
-    target = s.target_violation_rate
-    columns: list[tuple[str, str, Callable[[Any], str]]] = [
-        ("viol_%", "violation_rate", _pct),
-        ("cost", "cost", _num),
-        ("replica_h", "replica_hours", _num),
-        ("vs_hpa", "cost_rel_hpa", _num),
-        ("vs_oracle", "cost_rel_oracle", _num),
-    ]
-    matched = _policy_table(result.matched, columns)
-    service = _policy_table(
-        result.per_service,
-        [
-            columns[0],
-            ("worst_%", "worst_violation_rate", _pct),
-            *columns[1:],
-            ("tuned_cost", "tuned_cost", _num),
-            ("tuned_vs_hpa", "tuned_rel_hpa", _num),
-            ("tuned_vs_oracle", "tuned_rel_oracle", _num),
-        ],
+    target = 100 * s.target_violation_rate
+    steps = int(result.summary["steps"].iloc[0]) if len(result.summary) else 0
+    head = (
+        f"{result.dataset}: {len(result.series)} series, {steps} scored steps of the test part, lead time "
+        f"{s.lead_time} step(s), a decision every {s.interval} step(s); price {s.replica_hour_price:g} per "
+        f"replica-hour, penalty {s.violation_penalty:g} per violated step; target {target:g}% violated steps"
     )
-    sm = result.summary
-    sweep = _render(
+    hs = result.hindsight
+    searched = _searched(result)
+    hindsight = _render(
         [
             "policy",
-            "knob",
+            "knobs (read on the test part)",
             "viol_%",
-            "worst_%",
             "cost",
-            "replica_h",
-            "unmet_h",
-            "spare",
-            "actions",
-            "fallbacks",
+            "vs_best",
             "vs_hpa",
             "vs_oracle",
+            "gap",
         ],
         [
             [
                 str(r["policy"]),
-                "-" if r["policy"] == "oracle" else f"{r['knob_name']}={knob_key(float(r['knob']))}",
+                short_knobs(str(r["knobs"]), searched[str(r["policy"])]),
+                _pct(r["violation_rate"]),
+                _num(r["cost"]),
+                _num(r["cost_rel_best"]),
+                _num(r["cost_rel_hpa"]),
+                _num(r["cost_rel_oracle"]),
+                _num(r["gap_captured"], 3),
+            ]
+            for r in hs.to_dict("records")
+        ],
+    )
+    sm = result.summary
+    sweep = _render(
+        ["policy", "knobs", "viol_%", "worst_%", "cost", "replica_h", "actions", "fallbacks"],
+        [
+            [
+                str(r["policy"]),
+                short_knobs(str(r["knobs"]), searched[str(r["policy"])]),
                 _pct(r["violation_rate"]),
                 _pct(r["worst_violation_rate"]),
-                *(_num(r[k]) for k in METRICS if k != "violation_rate"),
+                _num(r["cost"]),
+                _num(r["replica_hours"]),
+                _num(r["actions"]),
+                _num(r["fallbacks"]),
             ]
             for r in sm.to_dict("records")
         ],
     )
-    steps = int(sm["steps"].iloc[0]) if len(sm) else 0
-    head = (
-        f"{result.dataset}: {len(result.series)} series, {steps} scored steps of the {PARTS[s.part]} part, "
-        f"lead time {s.lead_time} step(s), a decision every {s.interval} step(s); "
-        f"price {s.replica_hour_price:g} per replica-hour, penalty {s.violation_penalty:g} per violated step"
-    )
-    return (
-        f"{head}\n\nat the target violation rate {100 * target:g}% (vs_hpa, vs_oracle: cost relative to "
-        f"the HPA and to the oracle there)\n{matched}\n{bound_text(result)}\n\n"
-        f"every service within its SLA (the cheapest knob keeping each series at most {100 * target:g}%; "
-        f"worst_% = the worst series' rate; vs_hpa, vs_oracle: cost relative to theirs in this table; "
-        f"tuned_*: each series at its own cheapest knob within the rate, chosen in hindsight)\n"
-        f"{service}\n\n"
-        "every policy and knob (summed over series; worst_% = the worst series' violation rate, spare = mean "
-        "spare replicas, unmet_h = replica-hours of unmet demand; vs_hpa at the same violation rate)\n"
-        f"{sweep}"
-    )
+    parts = [
+        head,
+        "",
+        "VALIDATED: every knob chosen on the validation part as the cheapest setting with at most "
+        f"{target:g}% violated steps in total there, frozen, and replayed on the test part (val_%: on "
+        "validation; viol_%, worst_%: on test, in total and of the worst series; vs_best: cost over the "
+        "cheapest baseline's; gap: share of the gap between the best baseline and the lower bound captured)",
+        _validated(result, "total"),
+        headline_text(result, "total"),
+        "",
+        f"VALIDATED, every service within its SLA: the cheapest setting keeping every series at most "
+        f"{target:g}% on the validation part, replayed on the test part",
+        _validated(result, "service"),
+        headline_text(result, "service"),
+        bound_text(result),
+        fixed_knobs_text(result),
+        "",
+        "realised violation rate (%) of each series on the test part at the knobs chosen for every service",
+        _per_service(result),
+        "",
+        f"HINDSIGHT (not a result: knobs read on the test part itself): each policy's test points at "
+        f"{target:g}% on their lower convex hull (primary knob swept at the validated secondary knobs)",
+        hindsight,
+        "",
+        "every setting replayed on the test part (summed over series; worst_% = the worst series' rate)",
+        sweep,
+    ]
+    return "\n".join(parts)
 
 
 # --- charts -------------------------------------------------------------------------------------------------
@@ -240,65 +353,73 @@ def _need(demand: np.ndarray, capacities: Mapping[str, float]) -> np.ndarray:
 
 
 def capacity_chart(result: BacktestResult, path: str | Path, series: str | None = None) -> Path:
-    """Demand (in replicas) and the capacity in place, one panel per policy, for one series."""
+    """Demand (in replicas) and the capacity in place at the validated knobs, one panel per policy."""
     sid = series if series is not None else result.series[0]
     if sid not in result.demand:
         raise ValueError(f"series {sid!r} was not replayed; replayed: {', '.join(result.series[:8])}")
-    policies = [p for p in POLICY_ORDER if p in set(result.summary["policy"])]
+    policies = [p for p in POLICY_ORDER if p in result.tuned]
     times = result.times[sid]
     need = _need(result.demand[sid], result.settings.capacities)
     fig = Figure(figsize=(11, 1.9 * len(policies) + 0.9))
     axes = fig.subplots(len(policies), 1, squeeze=False, sharex=True)[:, 0]
     rows = result.per_run[result.per_run["series"] == sid]
     for ax, policy in zip(axes, policies, strict=True):
-        knob = result.chosen_knob(policy)
-        cap = result.capacity_of(policy, knob, sid).astype(np.float64)
+        knobs = result.chosen(policy).text()
+        cap = result.capacity_of(policy, sid).astype(np.float64)
         ax.fill_between(times, 0, need, step="post", color="0.75", lw=0, label="demand (replicas needed)")
         ax.step(times, cap, where="post", color=COLORS[policy], lw=1.3, label="replicas in place")
         bad = np.isfinite(need) & (need > cap)
         if bad.any():
             ax.plot(times[bad], need[bad], "o", ms=3, color="tab:red", label="violation")
-        row = rows[(rows["policy"] == policy) & (rows["knob"].map(knob_key) == knob_key(knob))].iloc[0]
-        label = policy if policy == "oracle" else f"{policy} ({row['knob_name']}={knob_key(knob)})"
+        row = rows[(rows["policy"] == policy) & (rows["knobs"] == knobs)].iloc[0]
+        label = policy if policy == "oracle" else f"{policy} ({short_knobs(knobs)})"
         ax.set_title(
             f"{label}: {100 * row['violation_rate']:.2f}% violations, {row['replica_hours']:.4g} replica-h, "
             f"{int(row['actions'])} scaling actions",
-            fontsize=9,
+            fontsize=8,
             loc="left",
         )
         ax.set_ylabel("replicas", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper right", ncol=3)
-    part = PARTS[result.settings.part]
-    fig.suptitle(f"{result.dataset} / {sid}: demand vs capacity over the {part} part", fontsize=11)
+    fig.suptitle(
+        f"{result.dataset} / {sid}: demand vs capacity over the test part (validated knobs)", fontsize=11
+    )
     fig.tight_layout()
     return save_png(fig, path, dpi=100)
 
 
 def curves_chart(result: BacktestResult, path: str | Path) -> Path:
-    """Cost against violation rate for every policy's sweep (knobs annotated), the target rate marked."""
+    """Cost against violation rate of every setting replayed on the test part: each policy's points, its
+    lower convex hull, and its validated setting (a star); the target rate marked."""
     sm = result.summary
     target = 100.0 * result.settings.target_violation_rate
     fig = Figure(figsize=(9, 5.5))
     ax = fig.subplots()
+    validated = result.validated[result.validated["criterion"] == "total"]
     for policy in [p for p in POLICY_ORDER if p in set(sm["policy"])]:
-        g = sm[sm["policy"] == policy].sort_values("violation_rate")
+        g = sm[sm["policy"] == policy].reset_index(drop=True)
         x = 100.0 * g["violation_rate"].to_numpy(np.float64)
         y = g["cost"].to_numpy(np.float64)
+        color = COLORS[policy]
         if policy == "oracle":
-            ax.plot(x, y, "*", ms=14, color=COLORS[policy], label="oracle (perfect foresight)")
+            ax.plot(x, y, "*", ms=14, color=color, label="oracle (perfect foresight)")
             continue
-        name = str(g["knob_name"].iloc[0])
-        ax.plot(x, y, "o-", ms=4, lw=1.2, color=COLORS[policy], label=f"{policy} (knob: {name})")
-        for xi, yi, k in zip(x, y, g["knob"], strict=True):
-            ax.annotate(
-                f"{k:g}",
-                (xi, yi),
-                fontsize=6,
-                color=COLORS[policy],
-                xytext=(3, 3),
-                textcoords="offset points",
+        ax.plot(x, y, "o", ms=3, alpha=0.5, color=color)
+        hull = lower_hull(g["violation_rate"].tolist(), g["cost"].tolist())
+        ax.plot(x[hull], y[hull], "-", lw=1.2, color=color, label=f"{policy} (test points, hull)")
+        v = validated[validated["policy"] == policy]
+        if len(v):
+            ax.plot(
+                100.0 * v["violation_rate"].to_numpy(np.float64),
+                v["cost"].to_numpy(np.float64),
+                "*",
+                ms=11,
+                mec="k",
+                mew=0.6,
+                color=color,
             )
+    ax.plot([], [], "*", ms=11, mec="k", mew=0.6, color="w", label="knobs chosen on validation")
     ax.axvline(target, color="tab:red", ls="--", lw=1, label=f"target {target:g}%")
     # Rates span zero (the oracle, static peaks) to tens of percent: linear near zero, logarithmic beyond.
     ax.set_xscale("symlog", linthresh=max(target / 2.0, 1e-3))
@@ -306,13 +427,11 @@ def curves_chart(result: BacktestResult, path: str | Path) -> Path:
     # Static peak provisioning can cost ten times the rest: a log scale keeps the close curves apart.
     if (sm["cost"] > 0).all():
         ax.set_yscale("log")
-    ax.set_xlabel("SLA-violation rate (% of steps)")
+    ax.set_xlabel("SLA-violation rate on the test part (% of steps)")
     ax.set_ylabel("cost (price x replica-hours + penalty x violations)")
-    ax.set_title(
-        f"{result.dataset}: cost vs violation rate, every policy's sweep ({len(result.series)} series)"
-    )
+    ax.set_title(f"{result.dataset}: cost vs violation rate on the test part ({len(result.series)} series)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return save_png(fig, path, dpi=100)
 
@@ -333,28 +452,20 @@ def _frame_html(frame: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _display_tables(result: BacktestResult) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    names = {
-        "cost_rel_hpa": "vs HPA",
-        "cost_rel_oracle": "vs oracle",
-        "overprovision": "spare",
-        "tuned_cost": "tuned per service: cost",
-        "tuned_rel_hpa": "tuned: vs HPA",
-        "tuned_rel_oracle": "tuned: vs oracle",
-    }
+_RATES = ("val_violation_rate", "val_worst_violation_rate", "violation_rate", "worst_violation_rate")
 
-    def display(frame: pd.DataFrame) -> pd.DataFrame:
-        # Rates as percentages, right after the knob.
-        out = frame.copy()
-        for k, (rate, label) in enumerate(
-            (("violation_rate", "violation_%"), ("worst_violation_rate", "worst_%"))
-        ):
-            if rate in out:
-                out.insert(3 + k, label, 100.0 * out.pop(rate))
-        return out.rename(columns=names)
 
-    summary = result.summary.assign(knob=[knob_key(float(k)) for k in result.summary["knob"]])
-    return display(result.matched), display(result.per_service), display(summary)
+def _display(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rates as percentages (`..._%` columns), knob names short, relative columns named as printed."""
+    out = frame.copy()
+    for rate in _RATES:
+        if rate in out:
+            out[rate] = 100.0 * out[rate]
+    if "knobs" in out:
+        out["knobs"] = out["knobs"].map(lambda t: short_knobs(str(t)))
+    names = {r: r.replace("violation_rate", "%") for r in _RATES}
+    names.update({"cost_rel_hpa": "vs HPA", "cost_rel_oracle": "vs oracle", "cost_rel_best": "vs best"})
+    return out.rename(columns=names)
 
 
 def html_report(
@@ -366,7 +477,6 @@ def html_report(
     info: Mapping[str, str] | None = None,
 ) -> str:
     """One self-contained HTML page: the charts inlined as base64 PNGs, the tables, the configuration."""
-    matched, per_service, summary = _display_tables(result)
     s = result.settings
     facts = {
         "dataset": result.dataset,
@@ -379,6 +489,11 @@ def html_report(
         ),
         "capacities": ", ".join(f"{k} {v:g}" for k, v in s.capacities.items()),
         "lower bound": bound_text(result),
+        **{
+            f"classical {m}": f"{st.fits} fits, {st.forwards} forwards, {st.failures} failures forecast by "
+            f"persistence, {st.missing} indicator-decisions without history enough for a forecast"
+            for m, st in result.classical.items()
+        },
         **(info or {}),
         **{f"time: {k}": f"{v:.1f} s" for k, v in result.seconds.items() if v},
     }
@@ -402,16 +517,31 @@ def html_report(
         "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
         "pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:0.8em}p{line-height:1.45}"
     )
+    target = f"{100 * s.target_violation_rate:g}%"
+    validated = _display(result.validated.drop(columns=["best_baseline"]))
+    sections = []
+    for criterion, words in CRITERIA.items():
+        g = validated[validated["criterion"] == criterion].drop(columns=["criterion"])
+        sections.append(
+            f"<h2>Validated: {html.escape(words)} ({target}) on the validation part, replayed on the "
+            f"test part</h2><p><b>{html.escape(headline_text(result, criterion))}</b></p>{_frame_html(g)}"
+        )
+    per_service = result.per_service[result.per_service["criterion"] == "service"]
+    per_service = per_service.drop(columns=["criterion"])
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><table>{fact_rows}</table>"
-        f"<h2>How to read this report</h2><p>{HOW_TO_READ.format(part=PARTS[s.part])}</p>"
-        f"<h2>At the target violation rate ({100 * s.target_violation_rate:g}%)</h2>{_frame_html(matched)}"
-        f"<h2>Every service within its SLA (each series at most {100 * s.target_violation_rate:g}%)</h2>"
-        f"{_frame_html(per_service)}"
-        f"<h2>Charts</h2>{''.join(figures)}"
-        f"<h2>Every policy and knob (summed over series)</h2>{_frame_html(summary)}"
+        f"<h2>How to read this report</h2><p>{HOW_TO_READ}</p>"
+        + "".join(sections)
+        + f"<h2>Charts</h2>{''.join(figures)}"
+        f"<h2>Realised violation rate of each series on the test part (knobs for every service)</h2>"
+        f"{_frame_html(_display(per_service))}"
+        f"<h2>Hindsight (not a result): test points at {target} on their lower convex hull</h2>"
+        f"{_frame_html(_display(result.hindsight))}"
+        "<h2>Every setting replayed on the test part (summed over series)</h2>"
+        f"{_frame_html(_display(result.summary))}"
+        f"<h2>Every setting replayed on the validation part</h2>{_frame_html(_display(result.val_summary))}"
         f"{skipped}<h2>Configuration</h2><pre>{html.escape(config_yaml)}</pre></body></html>\n"
     )
 
@@ -454,10 +584,12 @@ def write_report(
     }
     tables = {}
     for name, frame in (
-        ("matched", result.matched),
+        ("validated", result.validated),
         ("per_service", result.per_service),
+        ("hindsight", result.hindsight),
         ("summary", result.summary),
         ("per_run", result.per_run),
+        ("validation_summary", result.val_summary),
     ):
         tables[name] = _write_text(out / "tables" / f"{name}.csv", frame.to_csv(index=False))
     text = _write_text(out / "summary.txt", format_tables(result) + "\n")
@@ -466,26 +598,33 @@ def write_report(
 
 
 def metric_key(*parts: str) -> str:
-    return "/".join(parts)
+    """Parts joined by '/', each reduced to the characters MLflow allows in a metric name."""
+    return "/".join(re.sub(r"[^A-Za-z0-9_\-. :]", "_", p) for p in parts)
 
 
 def run_metrics(result: BacktestResult) -> dict[str, float]:
-    """The metrics logged for a backtest (finite ones): sweep/<policy>/<knob>/<metric>,
-    target/<policy>/<metric> and service/<policy>/<metric> (every series within the target rate)."""
+    """The metrics logged for a backtest (finite ones): validated/<criterion>/<policy>/<metric>,
+    headline/<criterion>/<metric>, hindsight/<policy>/<metric>, bound/<criterion>,
+    sweep/<policy>/<knobs>/<metric> (every setting replayed on test) and seconds/<stage>."""
     out: dict[str, float] = {}
+    for r in result.validated.to_dict("records"):
+        for name in VALIDATED_METRICS:
+            out[metric_key("validated", str(r["criterion"]), str(r["policy"]), name)] = float(r[name])
+    for criterion, h in result.headline.items():
+        for name, value in h.items():
+            if not isinstance(value, str):
+                out[metric_key("headline", criterion, name)] = float(value)
+    for r in result.hindsight.to_dict("records"):
+        for name in HINDSIGHT_METRICS:
+            out[metric_key("hindsight", str(r["policy"]), name)] = float(r[name])
+    for criterion, value in result.bounds.items():
+        out[metric_key("bound", criterion)] = float(value)
     for r in result.summary.to_dict("records"):
-        for name in (*METRICS, "worst_violation_rate"):
-            out[metric_key("sweep", str(r["policy"]), knob_key(float(r["knob"])), name)] = float(r[name])
-    for r in result.matched.to_dict("records"):
-        for name in MATCHED_METRICS:
-            out[metric_key("target", str(r["policy"]), name)] = float(r[name])
-    for r in result.per_service.to_dict("records"):
-        for name in SERVICE_METRICS:
-            out[metric_key("service", str(r["policy"]), name)] = float(r[name])
-    out[metric_key("target", "bound", "cost")] = float(result.bound)
+        for name in SWEEP_METRICS:
+            out[metric_key("sweep", str(r["policy"]), str(r["knobs"]), name)] = float(r[name])
     for k, v in result.seconds.items():
         out[metric_key("seconds", k)] = float(v)
-    return {k: v for k, v in out.items() if math.isfinite(v)}
+    return {k: v for k, v in out.items() if math.isfinite(v) and len(k) <= 250}
 
 
 def log_to_mlflow(
@@ -498,7 +637,7 @@ def log_to_mlflow(
     tags: Mapping[str, str],
     tracking_uri: str,
 ) -> str:
-    """One MLflow run: params, metrics per policy and knob, the report files as artifacts. Returns its id."""
+    """One MLflow run: params, metrics, the report files as artifacts. Returns its id."""
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
@@ -510,7 +649,12 @@ def log_to_mlflow(
     run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
     run_id = str(run.info.run_id)
     try:
-        todo = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        chosen = {
+            f"chosen.{criterion}.{policy}": t.knobs.text()
+            for policy, by in result.tuned.items()
+            for criterion, t in by.items()
+        }
+        todo = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in {**params, **chosen}.items()]
         for i in range(0, len(todo), 100):  # MLflow takes at most 100 params per batch
             client.log_batch(run_id, params=todo[i : i + 100])
         now = int(time.time() * 1000)
@@ -548,9 +692,6 @@ def publish(run: ConfigRun, *, log: Callable[[str], None] | None = None) -> Publ
     cfg, result = run.config, run.result
     out = cfg.output_dir.resolve()
     run_name = cfg.run_name
-    if cfg.backtest.part != "test":
-        # A validation replay shares the folder's model but must not overwrite the test part's report.
-        out, run_name = out / cfg.backtest.part, f"{run_name}-{cfg.backtest.part}"
     title = f"harmony backtest: {run_name}" + (f" ({result.dataset})" if run_name != result.dataset else "")
     info = dict(result.info)
     if cfg.source is not None:
@@ -576,7 +717,6 @@ def publish(run: ConfigRun, *, log: Callable[[str], None] | None = None) -> Publ
         "harmony.config_file": str(cfg.source) if cfg.source else "",
         "harmony.overrides": " ".join(cfg.overrides),
         "harmony.output_dir": str(out),
-        "harmony.part": cfg.backtest.part,
     }
     if run.model_run_id:
         tags["harmony.model_run_id"] = run.model_run_id

@@ -32,7 +32,11 @@ class DecisionConfig:
     term off (the SLA alone decides).
 
     The fields after `fallback_margin` tune the Bayesian adaptation (see `CalibrationTracker`) and the
-    wording of reasons; their defaults suit decision intervals of one to five minutes.
+    wording of reasons; their defaults suit decision intervals of one to five minutes. The tracker learns only
+    from outcomes whose count the quantile set: not clipped to a bound, held by the stabiliser, limited by a
+    step limit or the fallback's, and with the draws' exceedance of that count at least
+    `informative_fraction` of the level asked (a count far above what the level asked, such as an idle
+    service's floor, is the same whatever the level, so its outcome says nothing about the level).
     """
 
     capacities: dict[str, float]
@@ -54,6 +58,7 @@ class DecisionConfig:
     min_working_probability: float = 1e-4
     max_working_probability: float = 0.5
     credible_mass: float = 0.9
+    informative_fraction: float = 0.05
     fallback_on_miscalibration: bool = True
     lead_steps: int = 0
 
@@ -110,6 +115,10 @@ class DecisionConfig:
             f"need 0 < min_working_probability ({lo}) < max_working_probability ({hi}) < 1",
         )
         _require(0.0 < self.credible_mass < 1.0, f"credible_mass must be in (0, 1), got {self.credible_mass}")
+        _require(
+            0.0 <= self.informative_fraction <= 1.0,
+            f"informative_fraction must be in [0, 1], got {self.informative_fraction}",
+        )
         _require(_is_int(self.lead_steps) and self.lead_steps >= 0, "lead_steps must be an integer >= 0")
 
     @property

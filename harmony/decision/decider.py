@@ -250,9 +250,10 @@ class Decider:
         cost = cfg.price_per_interval * replicas + cfg.violation_penalty * p_violation
         indicator, step = draws.binding(rank)
         binding_step = cfg.lead_steps + step + 1
-        # Only a count the quantile set says anything about the level: not the floor (an idle service sits
-        # there whatever the level), not the ceiling, not a stabiliser hold or a step limit.
-        quantile_set = replicas == recommendation and recommendation > cfg.min_replicas
+        # Only a count the quantile set says anything about the level: not a bound, a stabiliser hold or a
+        # step limit, and not a count far above what the level asked (an idle service at its floor, whose
+        # draws all need a fraction of a replica, sits there whatever the level: learning from it winds up).
+        quantile_set = replicas == recommendation and p_violation >= cfg.informative_fraction * level
         self._remember(replicas, level if quantile_set else None)
         quantile = 1.0 - level
         words = format_level(quantile)

@@ -497,7 +497,7 @@ def test_small_helpers() -> None:
     assert d.to_dict()["replicas"] == 3
 
 
-def test_outcomes_at_the_replica_cap_or_under_the_fallback_do_not_move_the_level() -> None:
+def test_outcomes_the_quantile_did_not_set_do_not_move_the_level() -> None:
     dec = Decider(config(max_replicas=5))
     d = dec.decide(grid_draws(np.full(10, 9.5)), ["req"], 1, 0.0)
     assert d.replicas == 5
@@ -506,6 +506,13 @@ def test_outcomes_at_the_replica_cap_or_under_the_fallback_do_not_move_the_level
     dec.decide(None, ["req"], 5, 60.0, current_demand={"req": 2.0})
     assert dec.observe({"req": 8.0}, 4) is True  # under the fallback: nothing learnt about the draws
     assert dec.tracker.n_updates == 0
-    dec.decide(grid_draws(np.full(10, 3.5)), ["req"], 4, 120.0)
+    # 200 draws of R from 1 to 4: the p99 is the third largest, 3.97, so the quantile sets 4 replicas, whose
+    # exceedance on the draws (the tail past the largest, 4.0: 1/200) is half the level asked: it learns.
+    d = dec.decide(grid_draws(np.linspace(1.0, 4.0, 200)), ["req"], 4, 120.0)
+    assert (d.recommendation, d.replicas) == (4, 4) and d.p_violation == pytest.approx(0.005)
     assert dec.observe({"req": 8.0}, 4) is True
     assert dec.tracker.n_updates == 1 and dec.tracker.level < 0.01
+    # Draws that all need 3.5 replicas: 4 leaves them no exceedance, a count far above what the level asked
+    # (as an idle service's floor is): the outcome teaches nothing.
+    dec.decide(grid_draws(np.full(10, 3.5)), ["req"], 4, 180.0)
+    assert dec.observe({"req": 8.0}, 4) is True and dec.tracker.n_updates == 1

@@ -10,11 +10,14 @@ import pytest
 
 from harmony.decision import Decider, DecisionConfig
 from harmony.policies import (
+    EHPAPolicy,
     HPAPolicy,
     OraclePolicy,
     PointForecastPolicy,
     Policy,
     QuantilePolicy,
+    RateLimit,
+    RateRule,
     StaticPolicy,
 )
 
@@ -133,6 +136,120 @@ def test_hpa_reports_predicted_violation_on_draws() -> None:
     assert d.p_violation == pytest.approx(0.0)  # 4 cores serve every draw
 
 
+# --- the HPA's whole behaviour ------------------------------------------------------------------------------
+
+
+def test_rate_rule_text_round_trips_and_bad_text_is_named() -> None:
+    limit = RateLimit.parse("100%/15s,4pods/15s")
+    assert limit.rules == (RateRule("Percent", 100.0, 15.0), RateRule("Pods", 4.0, 15.0))
+    assert limit.select == "Max" and limit.text() == "100%/15s,4pods/15s"
+    assert RateLimit.parse("min:1pod/600s, 10%/600s").text() == "min:1pod/600s,10%/600s"
+    assert RateLimit.parse("Disabled").select == "Disabled"
+    for bad, message in (
+        ("10 per minute", "expected VALUE%/PERIODs"),
+        ("1.5pods/60s", "whole number of pods"),
+        ("10%/3600s", r"period must be in \(0, 1800\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            RateLimit.parse(bad)
+
+
+def test_rate_rules_count_the_changes_within_their_period() -> None:
+    # The Kubernetes docs' scale-down example: at most 4 pods or 10% per minute, the larger change (Max).
+    limit = RateLimit.parse("4pods/60s,10%/60s")
+    # 80 pods, nothing removed within the minute: Pods allows 76, Percent floor(72) = 72: Max takes 72.
+    assert limit.limit(80, [0.0, 0.0], [0.0, 0.0], up=False) == 72
+    # 8 already removed within the minute: the period started at 80 again, so still 72 from 80.
+    assert limit.limit(72, [0.0, 0.0], [8.0, 8.0], up=False) == 72
+    # Min takes the smaller change: 76.
+    assert RateLimit.parse("min:4pods/60s,10%/60s").limit(80, [0.0, 0.0], [0.0, 0.0], up=False) == 76
+    # Scaling up: ceil(start x (1 + p)) and start + pods, the larger (Max).
+    assert RateLimit.parse("100%/15s,4pods/15s").limit(1, [0.0, 0.0], [0.0, 0.0], up=True) == 5
+    assert RateLimit.parse("100%/15s,4pods/15s").limit(10, [0.0, 0.0], [0.0, 0.0], up=True) == 20
+    assert RateLimit.parse("disabled").limit(10, [], [], up=True) == 10
+
+
+def test_a_slow_scale_down_rule_spans_decisions_at_10_minute_steps() -> None:
+    # 1 pod per 600 s down, decisions every 600 s (40 syncs of 15 s each): the demand drops from 10 pods'
+    # worth to 1 pod's; each decision may remove one pod, counted over the last 600 s of syncs.
+    policy = hpa(target_utilization=1.0, tolerance=0.0, scale_down_stabilization_s=0.0,
+                 scale_down="1pod/600s", interval_s=600.0)  # fmt: skip
+    cur = policy.decide(None, [], 10, 0.0, current_demand={"cpu": 10.0}).replicas
+    assert cur == 10
+    counts = []
+    for k in range(1, 6):
+        d = policy.decide(None, [], cur, 600.0 * k, current_demand={"cpu": 1.0})
+        assert d.recommendation == 1
+        cur = d.replicas
+        counts.append(cur)
+    assert counts == [9, 8, 7, 6, 5]
+    assert d.reason.endswith("stabilised to 5 (scaling policy rate limit)")
+    # The default rule (100% per 15 s) drops to the need at once.
+    fast = hpa(target_utilization=1.0, tolerance=0.0, scale_down_stabilization_s=0.0, interval_s=600.0)
+    assert fast.decide(None, [], 10, 0.0, current_demand={"cpu": 1.0}).replicas == 1
+
+
+def test_tolerance_per_direction() -> None:
+    # Ratio 1.15 (115m per pod at a 100m target): beyond the default 0.1, within an up-tolerance of 0.2.
+    assert hpa().decide(None, [], 10, 0.0, current_demand=per_pod(115, 10)).replicas == 12
+    assert hpa(up_tolerance=0.2).decide(None, [], 10, 0.0, current_demand=per_pod(115, 10)).replicas == 10
+    # Ratio 0.95: within the default, beyond a down-tolerance of 0.
+    assert hpa().decide(None, [], 10, 0.0, current_demand=per_pod(95, 10)).replicas == 10
+    assert hpa(down_tolerance=0.0).decide(None, [], 10, 0.0, current_demand=per_pod(95, 10)).replicas == 10
+    assert hpa(down_tolerance=0.0).decide(None, [], 20, 0.0, current_demand=per_pod(95, 20)).replicas == 19
+    with pytest.raises(ValueError, match="tolerances must be >= 0"):
+        hpa(tolerance=-0.1)
+
+
+def test_the_scale_up_window_holds_the_lowest_recommendation() -> None:
+    policy = hpa(scale_up_stabilization_s=120.0, interval_s=60.0)
+    cur = 4
+    for k, proposal in enumerate([4, 8, 8, 8]):
+        cur = policy.decide(
+            None, [], cur, 60.0 * k, current_demand=per_pod(100.0 * proposal / cur, cur)
+        ).replicas
+    # 8 is proposed at 60, 120, 180 s; the 4 of 0 s is in the window until 120 s: up at 180 s.
+    assert cur == 8
+    policy.reset()
+    cur = 4
+    seen = []
+    for k, proposal in enumerate([4, 8, 8, 8]):
+        cur = policy.decide(
+            None, [], cur, 60.0 * k, current_demand=per_pod(100.0 * proposal / cur, cur)
+        ).replicas
+        seen.append(cur)
+    assert seen == [4, 4, 4, 8]
+
+
+# --- crane's Effective HPA ---------------------------------------------------------------------------------
+
+
+def test_ehpa_takes_the_larger_of_the_observed_and_the_forecast_metric() -> None:
+    policy = EHPAPolicy(CPU, target_utilization=0.5, max_replicas=100, tolerance=0.1, interval_s=60.0)
+    # Observed 2 cores on 4 pods: ratio 2 / (4 x 0.5) = 1.0, within the tolerance: 4. Forecast median per
+    # step [2.0, 3.0, 2.5] (draws 1..3 x that): peak 3.0, ratio 3 / 2 = 1.5 -> ceil(4 x 1.5) = 6.
+    y = np.array([[2.0, 3.0, 2.5]]).T[None, :, :] * np.array([0.5, 1.0, 1.5])[:, None, None]
+    d = policy.decide(y, ["cpu"], 4, 0.0, current_demand={"cpu": 2.0})
+    assert (d.recommendation, d.replicas, d.binding_indicator) == (6, 6, "cpu")
+    assert d.reason.startswith("ehpa: cpu (forecast) at 1.50x its 50% utilisation target proposes 6")
+    assert d.policy == "ehpa"
+    # The observed metric wins when it is higher: 4 cores now -> ceil(4 x 2.0) = 8.
+    policy.reset()
+    assert policy.decide(y, ["cpu"], 4, 0.0, current_demand={"cpu": 4.0}).replicas == 8
+    # Without draws it is the HPA.
+    policy.reset()
+    plain = HPAPolicy(CPU, target_utilization=0.5, max_replicas=100, interval_s=60.0)
+    assert (
+        policy.decide(None, ["cpu"], 4, 0.0, current_demand={"cpu": 3.0}).replicas
+        == plain.decide(None, ["cpu"], 4, 0.0, current_demand={"cpu": 3.0}).replicas
+        == 6
+    )
+    # Broken draws are ignored, not fatal.
+    policy.reset()
+    bad = np.full((5, 3, 1), np.nan)
+    assert policy.decide(bad, ["cpu"], 4, 0.0, current_demand={"cpu": 2.0}).replicas == 4
+
+
 # --- static ------------------------------------------------------------------------------------------------
 
 
@@ -243,12 +360,14 @@ def test_every_policy_implements_the_interface() -> None:
         Decider(cfg),
         QuantilePolicy(cfg),
         PointForecastPolicy(cfg),
+        PointForecastPolicy(cfg, name="arima"),
+        EHPAPolicy(cfg.capacities, max_replicas=10),
         HPAPolicy(cfg.capacities, max_replicas=10),
         StaticPolicy(cfg.capacities, {"req": 20.0}),
         OraclePolicy(cfg.capacities, {"req": [1.0, 2.0]}, [0.0, 60.0], lead_time_s=0.0, window_s=60.0),
     ]
     names = {p.name for p in policies}
-    assert names == {"harmony", "quantile", "point", "hpa", "static", "oracle"}
+    assert names == {"harmony", "quantile", "point", "arima", "ehpa", "hpa", "static", "oracle"}
     y = np.full((20, 3, 1), 12.0)
     for policy in policies:
         assert isinstance(policy, Policy)

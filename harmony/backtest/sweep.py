@@ -1,0 +1,537 @@
+"""Policies x knobs: the knob space of every policy, the policy built for one setting, the replay of a
+setting over every series, and the search that chooses each policy's knobs on the validation part.
+
+A setting (`Knobs`) is one value of the policy's primary knob (the one that trades cost for violations) and
+one value of each secondary knob. The search (`tune`) replays, on the validation part only:
+
+1. every secondary setting when there are at most `tuning.max_grid` of them, else a coordinate search: from
+   the first listed values, each secondary knob in turn takes each of its values with the others fixed, the
+   best is kept, for at most `tuning.passes` rounds; a secondary setting is judged by its primary sweep
+   (every listed primary value), by the cheapest primary value that meets the criterion;
+2. then `tuning.refine` bisection steps of the primary knob between the cheapest listed value that meets
+   the criterion and the next looser one (linear in utilisation, margin and headroom, logarithmic in eps).
+
+The criterion is either "total" (violated steps over all series at most the target rate) or "service"
+(every series at most the target rate). Where no setting meets it, the one with the lowest rate (total or
+worst series) is chosen and flagged. Every replay is cached by setting, so the two criteria share work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from harmony.backtest.config import (
+    CLASSICAL_POLICIES,
+    DRAW_POLICIES,
+    POLICY_ORDER,
+    ClassicalSweep,
+    HPASweep,
+    PointSweep,
+    RiskSweep,
+    StaticSweep,
+)
+from harmony.backtest.replay import Draws, SeriesData, Settings, replay, score
+from harmony.decision import Decider, DecisionConfig
+from harmony.policies import (
+    EHPAPolicy,
+    HPAPolicy,
+    OraclePolicy,
+    PointForecastPolicy,
+    Policy,
+    QuantilePolicy,
+    StaticPolicy,
+)
+
+__all__ = [
+    "CRITERIA",
+    "RATE_TOLERANCE",
+    "Evaluator",
+    "KnobSpace",
+    "Knobs",
+    "Tuned",
+    "build_policy",
+    "knob_space",
+    "summarize",
+    "tune",
+]
+
+# Violation rates are ratios of step counts: a rate "at" the target may differ from it by float rounding.
+RATE_TOLERANCE = 1e-12
+Criterion = Literal["total", "service"]
+_CRITERIA: tuple[Criterion, ...] = ("total", "service")
+CRITERIA: dict[str, str] = {
+    "total": "violated steps over all series within the target rate",
+    "service": "every series within the target rate",
+}
+
+
+@dataclass(frozen=True)
+class KnobSpace:
+    """A policy's knobs: the primary one (name, values, whether larger values are looser, i.e. cheaper and
+    more often violated, and whether it is bisected in log scale) and the secondary ones (name -> values,
+    the first value where the search starts)."""
+
+    primary: str
+    values: tuple[float, ...]
+    looser_up: bool
+    log_scale: bool = False
+    secondary: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def ordered(self) -> list[float]:
+        """The primary values from the safest to the loosest."""
+        return sorted(self.values, reverse=not self.looser_up)
+
+    def secondary_grid(self) -> list[tuple[tuple[str, Any], ...]]:
+        names = list(self.secondary)
+        return [
+            tuple(zip(names, combo, strict=True)) for combo in itertools.product(*self.secondary.values())
+        ]
+
+    def between(self, safe: float, loose: float) -> float:
+        mid = math.sqrt(safe * loose) if self.log_scale and safe > 0 and loose > 0 else 0.5 * (safe + loose)
+        return float(f"{mid:.3g}")  # three significant digits: a knob a person can write down
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """One setting of a policy: its primary knob value and one value per secondary knob."""
+
+    policy: str
+    primary: float
+    secondary: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def primary_name(self) -> str:
+        return _PRIMARY.get(self.policy, "-")
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict(self.secondary).get(name, default)
+
+    def secondary_text(self) -> str:
+        return " ".join(f"{k}={_fmt(v)}" for k, v in self.secondary) or "-"
+
+    def text(self) -> str:
+        """Every knob as `name=value`, the primary first ('-' for the oracle)."""
+        if self.policy == "oracle":
+            return "-"
+        head = f"{self.primary_name}={_fmt(self.primary)}"
+        return " ".join([head, *(f"{k}={_fmt(v)}" for k, v in self.secondary)])
+
+    def key(self) -> tuple[str, float, tuple[tuple[str, Any], ...]]:
+        return (self.policy, self.primary, self.secondary)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) and not math.isnan(v) else str(v)
+
+
+_PRIMARY = {
+    "harmony": "eps",
+    "quantile": "eps",
+    "point": "margin",
+    "arima": "margin",
+    "ets": "margin",
+    "hpa": "target_utilization",
+    "ehpa": "target_utilization",
+    "static": "headroom",
+}
+
+
+def knob_space(policy: str, settings: Settings) -> KnobSpace:
+    """The knobs of `policy` as the settings' policies section lists them."""
+    sc, pol = settings.scaling, settings.policies
+    default_window = (float(sc.scale_down_stabilization_s),)
+
+    def windows(values: list[float] | None) -> tuple[float, ...]:
+        return default_window if values is None else tuple(float(v) for v in values)
+
+    if policy in ("harmony", "quantile"):
+        risk: RiskSweep = getattr(pol, policy)
+        return KnobSpace(
+            "eps",
+            tuple(risk.max_violation_probability),
+            looser_up=True,
+            log_scale=True,
+            secondary={
+                "forgetting": tuple(risk.forgetting) if policy == "harmony" else (risk.forgetting[0],),
+                "scale_down_window_s": windows(risk.scale_down_window_s),
+            },
+        )
+    if policy in ("point", "arima", "ets"):
+        point: PointSweep | ClassicalSweep = getattr(pol, policy)
+        return KnobSpace(
+            "margin",
+            tuple(point.margin),
+            looser_up=False,
+            secondary={"scale_down_window_s": windows(point.scale_down_window_s)},
+        )
+    if policy in ("hpa", "ehpa"):
+        hpa: HPASweep = getattr(pol, policy)
+        return KnobSpace(
+            "target_utilization",
+            tuple(hpa.target_utilization),
+            looser_up=True,
+            secondary={
+                "tolerance": tuple(hpa.tolerance),
+                "scale_down_window_s": windows(hpa.scale_down_window_s),
+                "scale_up_window_s": tuple(float(v) for v in hpa.scale_up_window_s),
+                "scale_down_rate": tuple(hpa.scale_down_rate),
+                "scale_up_rate": tuple(hpa.scale_up_rate),
+            },
+        )
+    if policy == "static":
+        static: StaticSweep = pol.static  # type: ignore[assignment]
+        return KnobSpace("headroom", tuple(static.headroom), looser_up=False)
+    if policy == "oracle":
+        return KnobSpace("-", (math.nan,), looser_up=True)
+    raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICY_ORDER)}")
+
+
+def build_policy(knobs: Knobs, data: SeriesData, settings: Settings) -> Policy:
+    """The policy of `knobs` with its knobs set, for one series."""
+    name = knobs.policy
+    sc, pol = settings.scaling, settings.policies
+    interval_s = data.step_s * settings.interval
+    window = float(knobs.get("scale_down_window_s", sc.scale_down_stabilization_s))
+    if name in ("harmony", "quantile", "point", "arima", "ets"):
+        config = DecisionConfig(
+            capacities=dict(settings.capacities),
+            max_replicas=sc.max_replicas,
+            min_replicas=sc.min_replicas,
+            max_violation_probability=knobs.primary
+            if name in ("harmony", "quantile")
+            else settings.target_violation_rate,
+            replica_hour_price=settings.replica_hour_price,
+            violation_penalty=settings.violation_penalty,
+            interval_s=interval_s,
+            scale_down_stabilization_s=window,
+            max_scale_up_step=sc.max_scale_up_step,
+            max_scale_down_step=sc.max_scale_down_step,
+            fallback_target_utilization=sc.fallback_target_utilization,
+            fallback_margin=sc.fallback_margin,
+            forgetting=float(knobs.get("forgetting", 0.995)),
+            lead_steps=settings.lead_time,
+        )
+        if name == "harmony":
+            return Decider(config)
+        if name == "quantile":
+            return QuantilePolicy(config)
+        point: PointSweep | ClassicalSweep | None = getattr(pol, name)
+        if point is None:
+            point = PointSweep() if name == "point" else ClassicalSweep()
+        kind = point.point if isinstance(point, PointSweep) else "median"
+        return PointForecastPolicy(
+            config, target_utilization=point.target_utilization, margin=knobs.primary, point=kind, name=name
+        )
+    if name in ("hpa", "ehpa"):
+        cls = HPAPolicy if name == "hpa" else EHPAPolicy
+        return cls(
+            settings.capacities,
+            target_utilization=knobs.primary,
+            min_replicas=sc.min_replicas,
+            max_replicas=sc.max_replicas,
+            tolerance=float(knobs.get("tolerance", 0.1)),
+            scale_down_stabilization_s=window,
+            scale_up_stabilization_s=float(knobs.get("scale_up_window_s", 0.0)),
+            scale_up=str(knobs.get("scale_up_rate", "100%/15s,4pods/15s")),
+            scale_down=str(knobs.get("scale_down_rate", "100%/15s")),
+            interval_s=interval_s,
+        )
+    if name == "static":
+        return StaticPolicy(
+            settings.capacities,
+            data.train_peak,
+            headroom=knobs.primary,
+            min_replicas=sc.min_replicas,
+            max_replicas=sc.max_replicas,
+        )
+    if name == "oracle":
+        # Step u stands at its midpoint, so the window [now + lead, now + lead + interval) in seconds holds
+        # exactly the steps tau + lead .. tau + lead + interval - 1, free of float rounding at the edges.
+        times = (np.arange(data.demand.shape[0]) + 0.5) * data.step_s
+        return OraclePolicy(
+            settings.capacities,
+            {n: data.demand[:, i] for i, n in enumerate(settings.names)},
+            times,
+            lead_time_s=settings.lead_time * data.step_s,
+            window_s=interval_s,
+            min_replicas=sc.min_replicas,
+            max_replicas=sc.max_replicas,
+        )
+    raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICY_ORDER)}")
+
+
+# --- replaying settings -------------------------------------------------------------------------------------
+
+
+class Evaluator:
+    """Replays settings over every series of one part, once each (cached), and keeps what it replayed.
+
+    `draws[source][series]` are the forecasts the policies read: source "model" (the forecaster's draws) for
+    HARMONY, quantile, point and EHPA; "arima" / "ets" for those policies. `keep_capacity` keeps the count in
+    place of every replay (the report's charts).
+    """
+
+    def __init__(
+        self,
+        datas: Sequence[SeriesData],
+        draws: Mapping[str, Mapping[str, Draws]],
+        settings: Settings,
+        *,
+        keep_capacity: bool = False,
+    ) -> None:
+        self.datas = list(datas)
+        self.draws = draws
+        self.settings = settings
+        self.keep_capacity = keep_capacity
+        self.rows: dict[tuple[str, float, tuple[tuple[str, Any], ...]], list[dict[str, Any]]] = {}
+        self.capacity: dict[tuple[tuple[str, float, tuple[tuple[str, Any], ...]], str], Any] = {}
+        self.seconds: dict[str, float] = {}
+        self.knobs: dict[tuple[str, float, tuple[tuple[str, Any], ...]], Knobs] = {}
+
+    def source(self, policy: str) -> Mapping[str, Draws] | None:
+        if policy in DRAW_POLICIES:
+            return self.draws.get("model")
+        if policy in CLASSICAL_POLICIES:
+            return self.draws.get(policy)
+        return None
+
+    def run(self, knobs: Knobs) -> list[dict[str, Any]]:
+        """Per-series score rows of one setting (replayed once, then from the cache)."""
+        key = knobs.key()
+        if key in self.rows:
+            return self.rows[key]
+        t0 = time.perf_counter()
+        source = self.source(knobs.policy)
+        out: list[dict[str, Any]] = []
+        for data in self.datas:
+            rep = replay(
+                build_policy(knobs, data, self.settings),
+                data,
+                None if source is None else source.get(data.series),
+                self.settings,
+            )
+            cap = rep.at(data.scored)
+            out.append(
+                {
+                    "policy": knobs.policy,
+                    "knob_name": knobs.primary_name,
+                    "knob": knobs.primary,
+                    "setting": knobs.secondary_text(),
+                    "knobs": knobs.text(),
+                    "series": data.series,
+                    **score(data, cap, self.settings),
+                    "decisions": float(rep.decisions),
+                    "fallbacks": float(rep.fallbacks),
+                }
+            )
+            if self.keep_capacity:
+                self.capacity[(key, data.series)] = cap
+        self.rows[key] = out
+        self.knobs[key] = knobs
+        self.seconds[knobs.policy] = self.seconds.get(knobs.policy, 0.0) + time.perf_counter() - t0
+        return out
+
+    def summary_of(self, knobs: Knobs) -> dict[str, Any]:
+        return summarize(self.run(knobs), self.settings.target_violation_rate)
+
+    def per_run(self) -> pd.DataFrame:
+        return pd.DataFrame([row for rows in self.rows.values() for row in rows])
+
+    def summary(self) -> pd.DataFrame:
+        """One row per replayed setting, summed over series, in table order."""
+        rows = [summarize(r, self.settings.target_violation_rate) for r in self.rows.values()]
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            return frame
+        order = {p: i for i, p in enumerate(POLICY_ORDER)}
+        frame = frame.assign(_o=frame["policy"].map(order))
+        return (
+            frame.sort_values(["_o", "setting", "knob"], kind="stable")
+            .drop(columns="_o")
+            .reset_index(drop=True)
+        )
+
+
+def summarize(rows: Iterable[Mapping[str, Any]], target: float) -> dict[str, Any]:
+    """One setting's per-series rows summed over series (rates and means weighted by steps)."""
+    g = pd.DataFrame(list(rows))
+    steps = float(g["steps"].sum())
+    viol = float(g["violations"].sum())
+    # Each series is a service with its own SLA: the worst one says whether every SLA held.
+    rates = g["violation_rate"][g["steps"] > 0].to_numpy(np.float64)
+    first = g.iloc[0]
+    return {
+        "policy": str(first["policy"]),
+        "knob_name": str(first["knob_name"]),
+        "knob": float(first["knob"]),
+        "setting": str(first["setting"]),
+        "knobs": str(first["knobs"]),
+        "series": len(g),
+        "steps": steps,
+        "violation_rate": viol / steps if steps else math.nan,
+        "worst_violation_rate": float(rates.max()) if rates.size else math.nan,
+        "services_within_sla": int((rates <= target + RATE_TOLERANCE).sum()),
+        "cost": float(g["cost"].sum()),
+        "replica_hours": float(g["replica_hours"].sum()),
+        "unmet_replica_hours": float(g["unmet_replica_hours"].sum()),
+        "overprovision": float((g["overprovision"] * g["steps"]).sum() / steps) if steps else math.nan,
+        "actions": float(g["actions"].sum()),
+        "fallbacks": float(g["fallbacks"].sum()),
+    }
+
+
+# --- the search on the validation part ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The setting chosen for one policy and criterion on the validation part, and what it did there."""
+
+    policy: str
+    criterion: str
+    knobs: Knobs
+    met: bool  # did some setting meet the criterion on the validation part?
+    val: dict[str, Any]  # the chosen setting's validation summary
+    replays: int  # settings the search replayed for this policy (both criteria share them)
+
+
+def _rate(summary: Mapping[str, Any], criterion: Criterion) -> float:
+    return float(summary["violation_rate" if criterion == "total" else "worst_violation_rate"])
+
+
+def _meets(summary: Mapping[str, Any], criterion: Criterion, target: float) -> bool:
+    rate = _rate(summary, criterion)
+    return math.isfinite(rate) and rate <= target + RATE_TOLERANCE
+
+
+def _better(a: Mapping[str, Any], b: Mapping[str, Any] | None, criterion: Criterion, target: float) -> bool:
+    """Is summary `a` a better choice than `b`: meeting the criterion beats not; then the cheaper (when both
+    meet it) or the safer (when neither does)."""
+    if b is None:
+        return True
+    ma, mb = _meets(a, criterion, target), _meets(b, criterion, target)
+    if ma != mb:
+        return ma
+    if ma:
+        return float(a["cost"]) < float(b["cost"])
+    ra, rb = _rate(a, criterion), _rate(b, criterion)
+    return ra < rb or (ra == rb and float(a["cost"]) < float(b["cost"]))
+
+
+def _best_primary(
+    ev: Evaluator, space: KnobSpace, policy: str, secondary: tuple[tuple[str, Any], ...], criterion: Criterion
+) -> tuple[Knobs, dict[str, Any]]:
+    target = ev.settings.target_violation_rate
+    best: tuple[Knobs, dict[str, Any]] | None = None
+    for value in space.ordered():
+        knobs = Knobs(policy, float(value), secondary)
+        s = ev.summary_of(knobs)
+        if best is None or _better(s, best[1], criterion, target):
+            best = (knobs, s)
+    assert best is not None
+    return best
+
+
+def _search_secondary(
+    ev: Evaluator, space: KnobSpace, policy: str, criterion: Criterion, max_grid: int, passes: int
+) -> tuple[Knobs, dict[str, Any]]:
+    target = ev.settings.target_violation_rate
+    grid = space.secondary_grid()
+    if len(grid) <= max_grid:
+        best: tuple[Knobs, dict[str, Any]] | None = None
+        for secondary in grid:
+            cand = _best_primary(ev, space, policy, secondary, criterion)
+            if best is None or _better(cand[1], best[1], criterion, target):
+                best = cand
+        assert best is not None
+        return best
+    current = {k: v[0] for k, v in space.secondary.items()}
+    best = _best_primary(ev, space, policy, tuple(current.items()), criterion)
+    for _ in range(passes):
+        changed = False
+        for name, values in space.secondary.items():
+            for value in values:
+                if value == current[name]:
+                    continue
+                trial = {**current, name: value}
+                cand = _best_primary(ev, space, policy, tuple(trial.items()), criterion)
+                if _better(cand[1], best[1], criterion, target):
+                    best, current, changed = cand, trial, True
+        if not changed:
+            break
+    return best
+
+
+def _refine(
+    ev: Evaluator, space: KnobSpace, chosen: Knobs, summary: dict[str, Any], criterion: Criterion, steps: int
+) -> tuple[Knobs, dict[str, Any]]:
+    """Bisect the primary knob between the chosen value (meets the criterion) and the next looser listed
+    value (does not), keeping the cheapest value that meets it."""
+    target = ev.settings.target_violation_rate
+    if steps <= 0 or not _meets(summary, criterion, target):
+        return chosen, summary
+    ordered = space.ordered()
+    pos = ordered.index(chosen.primary) if chosen.primary in ordered else -1
+    if pos < 0 or pos + 1 >= len(ordered):
+        return chosen, summary
+    safe, loose = chosen.primary, ordered[pos + 1]
+    best = (chosen, summary)
+    for _ in range(steps):
+        mid = space.between(safe, loose)
+        knobs = Knobs(chosen.policy, float(mid), chosen.secondary)
+        s = ev.summary_of(knobs)
+        if _meets(s, criterion, target):
+            safe = mid
+            if float(s["cost"]) < float(best[1]["cost"]):
+                best = (knobs, s)
+        else:
+            loose = mid
+    return best
+
+
+def tune(
+    ev: Evaluator,
+    policy: str,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Tuned]:
+    """Choose the knobs of `policy` on the part `ev` replays (the validation part), for both criteria."""
+    space = knob_space(policy, ev.settings)
+    tuning = ev.settings.tuning
+    target = ev.settings.target_violation_rate
+    before = len(ev.rows)
+    for crit in _CRITERIA:
+        if policy == "oracle":
+            ev.summary_of(Knobs("oracle", math.nan))
+        else:
+            knobs, s = _search_secondary(ev, space, policy, crit, tuning.max_grid, tuning.passes)
+            _refine(ev, space, knobs, s, crit, tuning.refine)
+    # The choice reads every setting the two searches replayed (one criterion's bisection may find a
+    # setting the other's search did not visit): all of them are validation replays.
+    replayed = [ev.knobs[key] for key in ev.rows if key[0] == policy]
+    out: dict[str, Tuned] = {}
+    for crit in _CRITERIA:
+        best: tuple[Knobs, dict[str, Any]] | None = None
+        for knobs in replayed:
+            s = ev.summary_of(knobs)
+            if best is None or _better(s, best[1], crit, target):
+                best = (knobs, s)
+        assert best is not None
+        out[crit] = Tuned(policy, crit, best[0], _meets(best[1], crit, target), best[1], len(replayed))
+    if log is not None:
+        log(
+            f"tuned {policy} on the validation part: {len(ev.rows) - before} settings replayed; "
+            + "; ".join(
+                f"{c}: {t.knobs.text()}{'' if t.met else ' (target not met)'}" for c, t in out.items()
+            )
+        )
+    return out

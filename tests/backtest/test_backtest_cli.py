@@ -1,0 +1,294 @@
+"""`harmony backtest` end to end (a real MLflow SQLite store, the HTML report, the printed tables against the
+logged metrics) and configuration errors that name the file and the key."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from backtest_helpers import CAPACITIES, SERIES
+from mlflow import MlflowClient
+
+from harmony.backtest import POLICY_ORDER, PoliciesConfig, load_backtest_config, run_config
+from harmony.cli import main
+from harmony.training.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _number(text: str) -> float:
+    return math.nan if text == "-" else float(text)
+
+
+def _table(text: str, title: str) -> list[list[str]]:
+    """The rows of the printed table that follows the line starting with `title`."""
+    lines = text[text.index(title) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("---"))
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.strip() or line.split()[0] not in POLICY_ORDER:
+            break
+        rows.append(line)
+    return [re.split(r"\s{2,}", r.strip()) for r in rows]
+
+
+def test_cli_end_to_end(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(ROOT / "configs" / "fisher_containers.yaml"),
+                "data": {"series": SERIES},
+                "model": {
+                    "name": "seasonal_naive",
+                    "lookback": 24,
+                    "horizon": 3,
+                    "targets": ["load"],
+                    "hparams": {},
+                },
+                "trainer": {"progress": False, "num_threads": 1},
+                "evaluation": {"num_samples": 10, "max_windows_per_series": 4},
+                "forecaster": {"origin": "train", "num_samples": 50},
+                "backtest": {"max_steps": 120, "capacities": CAPACITIES},
+                "cost": {"violation_penalty": 1.0},
+                "policies": {
+                    "harmony": {"max_violation_probability": [0.1, 0.02, 0.005]},
+                    "quantile": {"max_violation_probability": [0.05, 0.01]},
+                    "point": {"margin": [0.0, 0.5, 1.0]},
+                    "ehpa": {"target_utilization": [0.5, 0.7], "scale_down_window_s": [0, 1800]},
+                    "arima": {"margin": [0.0, 0.5, 1.0], "history": 288, "refit_every": 144},
+                    "ets": {"margin": [0.0, 0.5, 1.0], "history": 288, "refit_every": 144},
+                    "hpa": {"target_utilization": [0.5, 0.7, 0.9], "scale_down_window_s": [0, 600, 1800]},
+                    "static": None,
+                },
+                "tuning": {"refine": 1},
+                "report": {"experiment": "bt-test", "plot_series": "container2"},
+            }
+        )
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HARMONY_DATA_DIR": str(data_root)}
+    argv = [sys.executable, "-m", "harmony.cli", "backtest", "--config", str(config)]
+    out = subprocess.run(
+        [*argv, "--set", "sla.max_violation_probability=0.02"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    folder = tmp_path / "runs" / "backtest" / "tiny"
+    html = (folder / "report.html").read_text()
+    assert f"report     {folder / 'report.html'}" in text
+    assert html.count("data:image/png;base64,") == 2
+    assert "http://" not in html and "https://" not in html  # self-contained: nothing fetched
+    assert "How to read this report" in html and "max_violation_probability: 0.02" in html
+    for png in ("cost_vs_violation.png", "capacity.png"):
+        assert (folder / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for csv in ("validated", "per_service", "hindsight", "summary", "per_run", "validation_summary"):
+        assert (folder / "tables" / f"{csv}.csv").exists()
+    # The validated table comes first, the hindsight one after it, labelled so.
+    assert 0 <= text.index("VALIDATED:") < text.index("VALIDATED, every service") < text.index("HINDSIGHT")
+    assert "HINDSIGHT (not a result" in text
+
+    run_id = re.search(r"^run\s+([0-9a-f]{32})", text, re.M)
+    assert run_id, text
+    client = MlflowClient(uri)
+    run = client.get_run(run_id.group(1))
+    assert run.info.status == "FINISHED"
+    assert run.data.params["policies.hpa.target_utilization"] == "0.5,0.7,0.9"
+    assert run.data.tags["harmony.kind"] == "backtest" and "harmony.model_run_id" in run.data.tags
+    metrics = run.data.metrics
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"report.html", "summary.txt", "plots", "tables"} <= artifacts
+
+    # The printed validated tables are the run's metrics, and their knobs its params.
+    for criterion, title in (("total", "VALIDATED:"), ("service", "VALIDATED, every service")):
+        rows = _table(text, title)
+        assert [r[0] for r in rows] == [
+            "harmony",
+            "quantile",
+            "point",
+            "ehpa",
+            "arima",
+            "ets",
+            "hpa",
+            "oracle",
+        ]
+        for policy, knobs, val, val_worst, viol, worst, cost, vs_best, vs_hpa, vs_oracle, gap in rows:
+            key = f"validated/{criterion}/{policy}"
+            for printed, name, scale in (
+                (val, "val_violation_rate", 100.0),
+                (val_worst, "val_worst_violation_rate", 100.0),
+                (viol, "violation_rate", 100.0),
+                (worst, "worst_violation_rate", 100.0),
+                (cost, "cost", 1.0),
+                (vs_best, "cost_rel_best", 1.0),
+                (vs_hpa, "cost_rel_hpa", 1.0),
+                (vs_oracle, "cost_rel_oracle", 1.0),
+                (gap, "gap_captured", 1.0),
+            ):
+                if printed == "-":
+                    assert f"{key}/{name}" not in metrics
+                else:
+                    assert metrics[f"{key}/{name}"] * scale == pytest.approx(
+                        _number(printed), rel=5e-3, abs=1e-3
+                    ), (key, name)
+            chosen = run.data.params[f"chosen.{criterion}.{policy}"]
+            if policy != "oracle":
+                primary = knobs.split()[0].replace("target=", "target_utilization=")
+                assert chosen.startswith(primary), (chosen, knobs)
+            if policy == "hpa":
+                assert "down_window=" in knobs and "scale_down_window_s=" in chosen  # the window was searched
+        block = text[text.index(title) :].split("\n\n")[0].splitlines()
+        (headline,) = [line for line in block if line.startswith("HARMONY captures ")]
+        assert metrics[f"headline/{criterion}/gap_captured"] == pytest.approx(
+            float(headline.split()[2]), rel=5e-3, abs=1e-3
+        )
+    assert metrics["bound/total"] <= metrics["bound/service"]
+
+    # The model the run trained, loaded back as its MLflow pyfunc model and as the saved folder, replays to
+    # the very same numbers (same draws under the same seeds).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    pyfunc = client.get_run(run.data.tags["harmony.model_run_id"]).data.tags["harmony.pyfunc_model_uri"]
+    for origin in (
+        ["forecaster.origin=mlflow", f"forecaster.uri={pyfunc}"],
+        ["forecaster.origin=path", f"forecaster.path={folder / 'model' / 'forecaster'}"],
+    ):
+        again = run_config(load_backtest_config(config, ["sla.max_violation_probability=0.02", *origin]))
+        for r in again.result.validated.to_dict("records"):
+            key = f"validated/{r['criterion']}/{r['policy']}/cost"
+            assert r["cost"] == pytest.approx(metrics[key], rel=1e-12), (origin, key)
+
+
+# --- configuration errors -----------------------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, body: dict[str, object], name: str = "bt.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"base": str(ROOT / "configs" / "fisher_containers.yaml"), **body}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "sets", "expected"),
+    [
+        (
+            {"policies": {"hpa": {"target_utilization": [0.5, 1.5]}}},
+            [],
+            r"policies\.hpa\.target_utilization\[1\]: expected a utilisation in \(0, 1\], got 1\.5",
+        ),
+        ({"backtest": {"lead": 2}}, [], r"backtest\.lead: unknown key; .* did you mean 'lead_time'"),
+        ({"polices": {}}, [], r"polices: unknown section; .* did you mean 'policies'"),
+        (
+            {"sla": {"max_violation_probability": 2}},
+            [],
+            r"sla\.max_violation_probability: expected a rate in \(0, 0\.5\]",
+        ),
+        (
+            {"cost": {"replica_hour_price": "cheap"}},
+            [],
+            r"cost\.replica_hour_price: expected a number, got 'cheap' \(str\)",
+        ),
+        (
+            {"policies": {"hpa": {"target_utilisation": [0.5]}}},
+            [],
+            r"policies\.hpa\.target_utilisation: unknown key; .*did you mean 'target_utilization'",
+        ),
+        ({"policies": {"autoscaler": {}}}, [], r"policies\.autoscaler: unknown policy"),
+        (
+            {"forecaster": {"origin": "path"}},
+            [],
+            r"forecaster\.path: origin 'path' needs the forecaster folder",
+        ),
+        ({"forecaster": {"origin": "none"}}, [], r"policies\.harmony: needs the forecaster's draws"),
+        (
+            {"model": {"targets": ["cpu_cores"]}},
+            [],
+            r"model\.targets: the demand indicators \['load'\] must be forecast",
+        ),
+        ({"backtest": {"capacities": {"lod": 1.0}}}, [], r"backtest\.capacities\.lod: unknown indicator"),
+        (
+            {"backtest": {"lead_time": 0}},
+            [],
+            r"backtest\.lead_time: 0 is shorter than the model's lead time \(1\)",
+        ),
+        ({"backtest": {"part": "val"}}, [], r"backtest\.part: unknown key"),
+        (
+            {"policies": {"hpa": {"scale_down_window_s": [0, 300]}}},
+            [],
+            r"policies\.hpa\.scale_down_window_s\[1\]: 300 s is shorter than one decision interval \(600 s: "
+            r"the trace's 600-s step x backtest\.interval 1\), so it has no effect",
+        ),
+        (
+            {"scaling": {"scale_down_stabilization_s": 300}},
+            [],
+            r"scaling\.scale_down_stabilization_s: 300 s is shorter than one decision interval",
+        ),
+        (
+            {"policies": {"ehpa": {"scale_down_rate": ["10 per minute"]}}},
+            [],
+            r"policies\.ehpa\.scale_down_rate\[0\]: rate rule '10 per minute': expected VALUE%/PERIODs",
+        ),
+        (
+            {"policies": {"ets": {"season_length": 144}}},
+            [],
+            r"policies\.ets\.season_length: statsforecast's ETS takes seasons of at most 24 steps, got 144",
+        ),
+        ({"tuning": {"passes": 0}}, [], r"tuning\.passes: expected an integer >= 1, got 0"),
+        (
+            {},
+            ["scaling.max_replicas=0"],
+            r"scaling\.max_replicas: expected .* \(from --set scaling\.max_replicas=0\)",
+        ),
+        (
+            {},
+            ["model.lookback=1"],
+            r"model\.lookback: expected an integer >= 2, got 1 \(from --set model\.lookback=1\)",
+        ),
+    ],
+)
+def test_bad_config_names_file_and_key(
+    tmp_path: Path, body: dict[str, object], sets: list[str], expected: str
+) -> None:
+    path = _write(tmp_path, body)
+    with pytest.raises(ConfigError) as info:
+        load_backtest_config(path, sets)
+    assert str(info.value).startswith(f"{path}: "), str(info.value)
+    assert re.search(expected, str(info.value)), str(info.value)
+
+
+def test_a_bad_base_is_named_and_the_cli_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "train.yaml"
+    raw = yaml.safe_load((ROOT / "configs" / "fisher_containers.yaml").read_text())
+    raw["model"]["lookbak"] = 10
+    base.write_text(yaml.safe_dump(raw))
+    path = tmp_path / "bt.yaml"
+    path.write_text(yaml.safe_dump({"base": "train.yaml"}))  # relative to the backtest file
+    assert main(["backtest", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{base}: model.lookbak: unknown key" in err and "did you mean 'lookback'" in err
+
+
+@pytest.mark.parametrize(
+    "config", sorted((ROOT / "configs" / "backtest").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_shipped_configs_are_valid(config: Path) -> None:
+    cfg = load_backtest_config(config)
+    assert cfg.run_name == config.stem and cfg.forecaster.origin == "train"
+    assert set(cfg.policies.enabled()) == set(POLICY_ORDER)
+    assert cfg.sla.max_violation_probability == 0.01
+    assert isinstance(cfg.policies, PoliciesConfig)
+    # Every baseline gets a search as wide as HARMONY's: the HPA's windows and tolerance among its knobs.
+    hpa = cfg.policies.hpa
+    assert hpa is not None and len(hpa.target_utilization) >= 6
+    assert hpa.scale_down_window_s is not None and len(hpa.scale_down_window_s) >= 3
+    assert 3000 < max(hpa.scale_down_window_s) <= 3600 and len(hpa.tolerance) >= 2  # up to the HPA limit
