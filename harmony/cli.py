@@ -347,14 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "backtest",
-        help="replay a trace's test part through HARMONY and the baselines and compare their costs",
-        description="Replay the test part of a trace: every policy (HARMONY, quantile-only, point forecast, "
-        "Kubernetes HPA, static peak, perfect-foresight oracle) decides from the history up to each step, "
-        "its count takes effect after the lead time, and each knob is swept. Prints the cost at the target "
-        "violation rate relative to the HPA and the oracle, in total and with every series (service) within "
-        "it, writes PNG charts and one self-contained HTML "
-        "report, and logs everything to MLflow ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). "
-        "backtest.part=val replays the validation part instead (report in val/), to choose knobs there.",
+        help="choose every policy's knobs on a trace's validation part, compare their costs on its test part",
+        description="Replay a trace through HARMONY and every baseline (quantile-only, point forecast, "
+        "crane's EHPA, ARIMA and ETS forecasts, the Kubernetes HPA with its whole behavior, static peak, "
+        "perfect-foresight oracle): each decides from the history up to each step and its count takes "
+        "effect after the lead time. Every knob of every policy is chosen on the validation part (the "
+        "cheapest setting within the target violation rate there, in total and with every series within "
+        "it), frozen, and replayed on the test part. Prints those test figures first (cost, realised rates "
+        "in total and of the worst series, the share of the gap between the best baseline and the lower "
+        "bound that HARMONY captures), then the hindsight frontier; writes PNG charts and one "
+        "self-contained HTML report, and logs everything to MLflow ($MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db).",
         epilog="Example: harmony backtest --config configs/backtest/fisher_containers.yaml "
         "--set trainer.num_threads=1 backtest.max_steps=288 policies.static=null",
     )

@@ -22,6 +22,7 @@ import yaml
 
 from harmony.data.spec import DatasetCard, Kind
 from harmony.data.trace import Trace
+from harmony.model.classical import ARIMA_MAX_SEASON
 from harmony.policies import RateLimit
 from harmony.training.config import (
     RUN_NAME_PATTERN,
@@ -626,9 +627,10 @@ def _check(cfg: BacktestConfig, ctx: ConfigContext) -> None:
             key = f"policies.{name}"
             need(classical.season_length >= 1, f"{key}.season_length", "expected an integer >= 1")
             need(
-                name != "ets" or classical.season_length <= 24,
+                name != "arima" or classical.season_length <= ARIMA_MAX_SEASON,
                 f"{key}.season_length",
-                f"statsforecast's ETS takes seasons of at most 24 steps, got {classical.season_length}",
+                f"a seasonal AutoARIMA takes minutes per fit beyond {ARIMA_MAX_SEASON} steps, got "
+                f"{classical.season_length}; use ets for a long season",
             )
             need(classical.history >= 8, f"{key}.history", f"expected >= 8 steps, got {classical.history}")
             need(classical.refit_every >= 1, f"{key}.refit_every", "expected an integer >= 1 (steps)")

@@ -239,9 +239,10 @@ def _write(tmp_path: Path, body: dict[str, object], name: str = "bt.yaml") -> Pa
             r"policies\.ehpa\.scale_down_rate\[0\]: rate rule '10 per minute': expected VALUE%/PERIODs",
         ),
         (
-            {"policies": {"ets": {"season_length": 144}}},
+            {"policies": {"arima": {"season_length": 144}}},
             [],
-            r"policies\.ets\.season_length: statsforecast's ETS takes seasons of at most 24 steps, got 144",
+            r"policies\.arima\.season_length: a seasonal AutoARIMA takes minutes per fit beyond 24 steps, got "
+            r"144; use ets",
         ),
         ({"tuning": {"passes": 0}}, [], r"tuning\.passes: expected an integer >= 1, got 0"),
         (

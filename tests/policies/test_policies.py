@@ -375,3 +375,24 @@ def test_every_policy_implements_the_interface() -> None:
         assert d.policy == policy.name and d.replicas >= 0 and d.reason
         assert policy.observe({"req": 12.0}, d.replicas) is (5.0 * d.replicas < 12.0)
         policy.reset()
+
+
+# --- ARIMA and ETS forecasts as NVIDIA Dynamo's planner uses them -----------------------------------------
+
+
+@pytest.mark.parametrize("model", ["arima", "ets"])
+def test_a_classical_forecast_with_a_margin_by_hand(model: str) -> None:
+    from harmony.model.classical import ClassicalConfig, point_forecasts
+
+    # Demand 2 + 0.5 t: a decision at step 150 knows steps up to 149, and with lead 1 and a 3-step window
+    # reads both models' continuation of the line at steps 151..153: 77.5, 78, 78.5.
+    line = (2.0 + 0.5 * np.arange(200))[:, None]
+    config = ClassicalConfig(model=model, history=100, refit_every=50)  # type: ignore[arg-type]
+    path, _ = point_forecasts(line, [150], 1, 3, config)
+    np.testing.assert_allclose(path[0, :, 0], [77.5, 78.0, 78.5], rtol=2e-3)
+    config_ = decision_config(capacities={"req": 10.0}, lead_steps=1)
+    policy = PointForecastPolicy(config_, target_utilization=1.0, margin=0.2, name=model)
+    d = policy.decide(path[0][None, :, :], ["req"], 5, 0.0)
+    # The peak, 78.5 / 10 x 1.2 = 9.42: 10 replicas, binding at the window's last step (+4 after the lead).
+    assert (d.replicas, d.binding_step, d.policy) == (10, 4, model)
+    assert d.reason.startswith(f"{model}: point (median) forecast of req at +4 steps")
