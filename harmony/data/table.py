@@ -163,7 +163,8 @@ def _parse_timestamps(
     return out
 
 
-def _suggest(missing: str, available: Sequence[str]) -> str:
+def suggest_column(missing: str, available: Sequence[str]) -> str:
+    """' (did you mean 'x'?)' for the closest available column name, or '' when none is close."""
     close = difflib.get_close_matches(missing, list(available), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -189,7 +190,7 @@ def read_table(
         needed.append(series_column)
     for name in needed:
         if name not in cols:
-            problems.append(f"column {name!r} not found{_suggest(name, cols)}")
+            problems.append(f"column {name!r} not found{suggest_column(name, cols)}")
     if problems:
         raise DataError(
             f"{len(problems)} missing column(s); the file has columns {cols}", path=p, problems=problems

@@ -17,7 +17,6 @@ from harmony.decision import (
     Decision,
     DecisionConfig,
     DemandDraws,
-    NonFiniteDraws,
     Stabilizer,
     ceil_replicas,
     fallback_decision,
@@ -154,13 +153,18 @@ class EHPAPolicy(HPAPolicy):
         if samples is None:
             return out, missing
         y = np.asarray(samples, dtype=np.float64)
-        try:
-            draws = DemandDraws(y, names, self.capacities)  # validates shape and names
-        except NonFiniteDraws:
-            return out, missing
-        cols = [list(names).index(n) for n in draws.names]
+        missing_names = [n for n in self.capacities if n not in names]
+        if y.ndim != 3 or y.shape[2] != len(names) or missing_names:
+            # A caller's bug, as for every policy that reads draws: say what does not fit.
+            raise ValueError(
+                f"draws of shape {y.shape} for indicators {list(names)} do not cover the demand indicators "
+                f"{list(self.capacities)}"
+            )
+        cols = [list(names).index(n) for n in self.capacities]
+        if not np.isfinite(y[:, :, cols]).all():
+            return out, missing  # a broken forecast: the plain HPA decides
         peak = _point(y[:, :, cols], "median").max(axis=0)  # [K]: the forecast peak of each indicator
-        for name, value in zip(draws.names, peak, strict=True):
+        for name, value in zip(self.capacities, peak, strict=True):
             count, ratio = self._metric_proposal(name, float(value), current_replicas)
             out.append((count, f"{name} (forecast)", ratio))
         return out, missing

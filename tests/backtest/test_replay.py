@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -24,20 +23,9 @@ from harmony.backtest import (
     run_backtest,
 )
 from harmony.data.trace import Trace
-from harmony.data.windows import Split, chronological_split
-from harmony.model.base import ForecastSpec
+from harmony.data.windows import Split
 from harmony.model.seasonal_naive import SeasonalNaiveForecaster
 from harmony.policies import HPAPolicy, OraclePolicy, StaticPolicy
-
-
-@pytest.fixture(scope="module")
-def fisher(load_trace: Callable[[str], Trace]) -> tuple[Trace, Split, SeasonalNaiveForecaster]:
-    trace = load_trace("fisher_containers").select(series=SERIES)
-    split = chronological_split(trace, (0.7, 0.1, 0.2))
-    spec = ForecastSpec.for_trace(trace, lookback=24, horizon=4, lead_time=1, targets=["load"])
-    model = SeasonalNaiveForecaster(spec)
-    model.fit(trace, split)
-    return trace, split, model
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ against hand-computed cases, and the protocol's promise that the knobs never loo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,19 +25,8 @@ from harmony.backtest import (
 )
 from harmony.backtest.sweep import Evaluator
 from harmony.data.trace import Trace
-from harmony.data.windows import Split, chronological_split
-from harmony.model.base import ForecastSpec
+from harmony.data.windows import Split
 from harmony.model.seasonal_naive import SeasonalNaiveForecaster
-
-
-@pytest.fixture(scope="module")
-def fisher(load_trace: Callable[[str], Trace]) -> tuple[Trace, Split, SeasonalNaiveForecaster]:
-    trace = load_trace("fisher_containers").select(series=SERIES)
-    split = chronological_split(trace, (0.7, 0.1, 0.2))
-    spec = ForecastSpec.for_trace(trace, lookback=24, horizon=4, lead_time=1, targets=["load"])
-    model = SeasonalNaiveForecaster(spec)
-    model.fit(trace, split)
-    return trace, split, model
 
 
 def test_every_policy_has_its_knobs_and_is_built(

@@ -248,6 +248,9 @@ def test_ehpa_takes_the_larger_of_the_observed_and_the_forecast_metric() -> None
     policy.reset()
     bad = np.full((5, 3, 1), np.nan)
     assert policy.decide(bad, ["cpu"], 4, 0.0, current_demand={"cpu": 2.0}).replicas == 4
+    # Draws that do not cover the demand indicators are the caller's bug.
+    with pytest.raises(ValueError, match="do not cover the demand indicators"):
+        policy.decide(y, ["mem"], 4, 0.0, current_demand={"cpu": 2.0})
 
 
 # --- static ------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from harmony.data.catalog import register_loader
 from harmony.data.errors import DataError
 from harmony.data.loaders.common import assemble, select_ids
 from harmony.data.spec import DatasetCard
-from harmony.data.table import TableSeries, _suggest
+from harmony.data.table import TableSeries, suggest_column
 from harmony.data.trace import Trace
 
 
@@ -46,9 +46,8 @@ def load_datacenter(card: DatasetCard, root: Path, series: Sequence[str] | None)
     problems = []
     for spec in card.indicators:
         if spec.source_column not in frame.columns:
-            problems.append(
-                f"column {spec.source_column!r} not found{_suggest(spec.source_column, list(frame.columns))}"
-            )
+            hint = suggest_column(spec.source_column, list(frame.columns))
+            problems.append(f"column {spec.source_column!r} not found{hint}")
     if problems:
         raise DataError(f"columns {list(frame.columns)}", path=path, problems=problems)
     values = np.column_stack(
