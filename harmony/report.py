@@ -115,15 +115,15 @@ HOW_TO_READ = (
     "target rate there in total, and separately with every series (a service with its own SLA) within it; "
     "then frozen and replayed on the test part. The <b>validated tables</b> are those test figures: the "
     "cost, the realised violation rate in total and of the worst series (<b>worst_%</b>), relative to the "
-    "cheapest baseline (<b>vs_best</b>), the HPA and the oracle (perfect foresight). <b>gap</b> is the "
-    "share of the gap between the best baseline's cost and the <b>lower bound</b> (the least cost any "
-    "policy can have at the target rate) that the policy captures: 1 reaches the bound, 0 ties the "
-    "baseline, below 0 costs more. The <b>hindsight</b> table reads each policy's test points at the target"
-    " rate on their lower convex hull: what it could at best have reached had its primary knob been tuned "
-    "on the test part itself. It is shown second because it is not a result anyone could have had in "
-    "advance. The capacity chart shows, for one series, demand (in replicas: demand / capacity per replica,"
-    " the largest over the demand indicators) against the replicas in place at the validated knobs, with "
-    "violations in red."
+    "best tuned baseline (<b>vs_best</b>: the cheapest of the baselines whose knobs met the target on the "
+    "validation part), the HPA and the oracle (perfect foresight). <b>gap</b> is the share of the gap "
+    "between the best baseline's cost and the <b>lower bound</b> (the least cost any policy can have at the"
+    " target rate) that the policy captures: 1 reaches the bound, 0 ties the baseline, below 0 costs more. "
+    "The <b>hindsight</b> table reads each policy's test points at the target rate on their lower convex "
+    "hull: what it could at best have reached had its primary knob been tuned on the test part itself. It "
+    "is shown second because it is not a result anyone could have had in advance. The capacity chart shows,"
+    " for one series, demand (in replicas: demand / capacity per replica, the largest over the demand "
+    "indicators) against the replicas in place at the validated knobs, with violations in red."
 )
 
 
@@ -318,7 +318,8 @@ def format_tables(result: BacktestResult) -> str:
         "VALIDATED: every knob chosen on the validation part as the cheapest setting with at most "
         f"{target:g}% violated steps in total there, frozen, and replayed on the test part (val_%: on "
         "validation; viol_%, worst_%: on test, in total and of the worst series; vs_best: cost over the "
-        "cheapest baseline's; gap: share of the gap between the best baseline and the lower bound captured)",
+        "best baseline's (the cheapest that met the target on validation); gap: share of the gap "
+        "between the best baseline and the lower bound captured)",
         _validated(result, "total"),
         headline_text(result, "total"),
         "",
