@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,6 +63,7 @@ __all__ = [
     "check_forecaster",
     "classical_forecasts",
     "forecast_draws",
+    "median_draws",
     "prepare_series",
     "replay",
     "score",
@@ -197,7 +199,8 @@ def prepare_series(
 
 # --- forecasts ----------------------------------------------------------------------------------------------
 
-Draws = list[NDArray[np.float32] | None]  # one per decision: [S, window, D] or None (no usable forecast)
+# One per decision: [S, window, D] or None (no usable forecast).
+Draws = list[NDArray[np.floating[Any]] | None]
 
 
 def check_forecaster(forecaster: Forecaster, trace: Trace, settings: Settings) -> tuple[int, int]:
@@ -279,6 +282,15 @@ def forecast_draws(
         for (sid, k, _, _), d in zip(chunk, picked, strict=True):
             out[sid][k] = d
     return out
+
+
+def median_draws(draws: Draws) -> Draws:
+    """Each decision's per-step median of its draws, as one draw [1, window, D] in float64 (exactly what a
+    policy taking the median of the draws computes from them)."""
+    return [
+        None if d is None else np.median(np.asarray(d, dtype=np.float64), axis=0, keepdims=True)
+        for d in draws
+    ]
 
 
 def classical_forecasts(

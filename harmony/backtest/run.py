@@ -31,6 +31,7 @@ from harmony.backtest.replay import (
     check_forecaster,
     classical_forecasts,
     forecast_draws,
+    median_draws,
     prepare_series,
     scored_demand,
 )
@@ -135,6 +136,7 @@ def _forecasts(
     if forecaster is not None and any(p in DRAW_POLICIES for p in enabled):
         t0 = time.perf_counter()
         out["model"] = forecast_draws(forecaster, trace, datas, settings, seed_offset=seed_offset)
+        out["median"] = {sid: median_draws(draws) for sid, draws in out["model"].items()}
         n = sum(len(d.decisions) for d in datas)
         seconds["draws"] = seconds.get("draws", 0.0) + time.perf_counter() - t0
         say(f"{part}: draws for {n} decisions x {settings.num_samples} in {time.perf_counter() - t0:.1f} s")

@@ -276,7 +276,8 @@ class Evaluator:
     """Replays settings over every series of one part, once each (cached), and keeps what it replayed.
 
     `draws[source][series]` are the forecasts the policies read: source "model" (the forecaster's draws) for
-    HARMONY, quantile, point and EHPA; "arima" / "ets" for those policies. `keep_capacity` keeps the count in
+    HARMONY, quantile, point and EHPA, or "median" (their per-step median, one draw) for EHPA and the median
+    point forecast when it is given; "arima" / "ets" for those policies. `keep_capacity` keeps the count in
     place of every replay (the report's charts).
     """
 
@@ -298,6 +299,12 @@ class Evaluator:
         self.knobs: dict[tuple[str, float, tuple[tuple[str, Any], ...]], Knobs] = {}
 
     def source(self, policy: str) -> Mapping[str, Draws] | None:
+        # The EHPA (and the median point forecast) read only the per-step median of the draws: given as one
+        # draw ("median"), it is computed once per decision instead of once per setting replayed.
+        point = self.settings.policies.point
+        reads_median = policy == "ehpa" or (policy == "point" and (point is None or point.point == "median"))
+        if reads_median and "median" in self.draws:
+            return self.draws["median"]
         if policy in DRAW_POLICIES:
             return self.draws.get("model")
         if policy in CLASSICAL_POLICIES:

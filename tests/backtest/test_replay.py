@@ -18,6 +18,7 @@ from harmony.backtest import (
     build_policy,
     cost_bound,
     forecast_draws,
+    median_draws,
     prepare_series,
     replay,
     run_backtest,
@@ -300,3 +301,27 @@ def test_a_lookback_with_a_short_gap_still_gets_draws(
     # at k = 17, 4 at k = 18.
     assert draws[5] is None and draws[5 + 17] is None and draws[5 + 18] is not None
     assert math.isfinite(float(np.asarray(draws[5 + 18]).sum()))
+
+
+def test_policies_reading_the_median_replay_the_same_from_it_as_from_the_draws(
+    fisher: tuple[Trace, Split, SeasonalNaiveForecaster],
+) -> None:
+    """EHPA and the median point forecast read the per-step median of the draws, computed once per decision
+    for every setting they replay: the replay must be the one the full draws give."""
+    trace, split, model = fisher
+    s = settings()
+    datas = [prepare_series(trace, split, sid, s, lookback=24) for sid in SERIES]
+    assert all(not isinstance(d, str) for d in datas)
+    draws = forecast_draws(model, trace, datas, s)  # type: ignore[arg-type]
+    medians = {sid: median_draws(d) for sid, d in draws.items()}
+    assert medians[SERIES[0]][0] is not None and medians[SERIES[0]][0].shape == (1, 4, 1)
+    full = Evaluator(datas, {"model": draws}, s)  # type: ignore[arg-type]
+    fast = Evaluator(datas, {"model": draws, "median": medians}, s)  # type: ignore[arg-type]
+    assert fast.source("ehpa") is medians and full.source("ehpa") is draws
+    for knobs in (
+        Knobs("ehpa", 0.5, (("scale_down_window_s", 1800.0),)),
+        Knobs("ehpa", 0.8, (("tolerance", 0.0),)),
+        Knobs("point", 0.3),
+    ):
+        a, b = full.run(knobs), fast.run(knobs)
+        assert [(r["cost"], r["violations"]) for r in a] == [(r["cost"], r["violations"]) for r in b]
