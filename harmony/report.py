@@ -5,16 +5,11 @@
   headline (the share of the gap between the best tuned baseline and the lower bound that HARMONY
   captures), the per-service realised rates, then the hindsight frontier (each policy's test points read at
   the target rate on their lower convex hull: second, and labelled so) and every setting replayed on test.
-* `capacity_chart`: demand against the capacity in place over time, one panel per policy at its validated
-  knobs, for one series.
-* `curves_chart`: cost against violation rate of every setting replayed on the test part, each policy's
-  lower convex hull, its validated setting marked, the target rate marked.
+* the two charts of `harmony.backtest_charts` (capacity in place, cost against violation rate);
 * `html_report`: one HTML file with the PNGs inlined as base64, the tables, the configuration and a short
   "how to read" paragraph: it can be mailed or attached as it is.
 * `log_to_mlflow`: params (the configuration and the chosen knobs), the metrics, the files as artifacts.
 * `publish(run)`: all of the above for a `harmony.backtest.ConfigRun` (what `harmony backtest` calls).
-
-Figures use matplotlib's object API on the Agg canvas and are written atomically (harmony.plots).
 """
 
 from __future__ import annotations
@@ -33,17 +28,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from harmony.backtest import CRITERIA, POLICY_ORDER, BacktestResult, ConfigRun, knob_space, lower_hull
-from harmony.plots import FILE_MODE, save_png
+from harmony.backtest import CRITERIA, BacktestResult, ConfigRun, format_knob, knob_space, short_knobs
+from harmony.backtest_charts import capacity_chart, curves_chart
+from harmony.plots import FILE_MODE
 
 __all__ = [
     "Published",
     "ReportFiles",
     "bound_text",
-    "capacity_chart",
-    "curves_chart",
     "fixed_knobs_text",
     "format_tables",
     "headline_text",
@@ -52,21 +45,9 @@ __all__ = [
     "metric_key",
     "publish",
     "run_metrics",
-    "short_knobs",
     "write_report",
 ]
 
-COLORS = {
-    "harmony": "tab:blue",
-    "quantile": "tab:cyan",
-    "point": "tab:purple",
-    "ehpa": "tab:pink",
-    "arima": "tab:olive",
-    "ets": "tab:gray",
-    "hpa": "tab:orange",
-    "static": "tab:brown",
-    "oracle": "tab:green",
-}
 VALIDATED_METRICS = (
     "cost",
     "violation_rate",
@@ -91,16 +72,6 @@ HINDSIGHT_METRICS = (
 )
 SWEEP_METRICS = ("violation_rate", "worst_violation_rate", "cost", "replica_hours", "actions", "fallbacks")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a parameter value
-# Knob names as the tables print them.
-SHORT_NAMES = {
-    "target_utilization": "target",
-    "tolerance": "tol",
-    "scale_down_window_s": "down_window",
-    "scale_up_window_s": "up_window",
-    "scale_down_rate": "down_rate",
-    "scale_up_rate": "up_rate",
-    "forgetting": "forget",
-}
 
 
 HOW_TO_READ = (
@@ -156,16 +127,6 @@ def _pct(rate: Any) -> str:
     return "-" if math.isnan(float(rate)) else _num(100.0 * float(rate))
 
 
-def short_knobs(text: str, searched: Sequence[str] | None = None) -> str:
-    """A knobs text with the short names the tables print ('-' stays '-'); with `searched`, only the knobs
-    of those names (the ones the search chose among several values)."""
-    if searched is not None:
-        text = " ".join(t for t in text.split(" ") if t == ".." or t.split("=", 1)[0] in searched) or "-"
-    for long, short in SHORT_NAMES.items():
-        text = text.replace(f"{long}=", f"{short}=")
-    return text
-
-
 def _searched(result: BacktestResult) -> dict[str, list[str]]:
     """Per policy: its primary knob and the secondary knobs with more than one value to choose from."""
     out: dict[str, list[str]] = {}
@@ -180,14 +141,10 @@ def fixed_knobs_text(result: BacktestResult) -> str:
     parts = []
     for policy in result.tuned:
         space = knob_space(policy, result.settings)
-        fixed = [f"{k}={_fmt_knob(v[0])}" for k, v in space.secondary.items() if len(v) == 1]
+        fixed = [f"{k}={format_knob(v[0])}" for k, v in space.secondary.items() if len(v) == 1]
         if fixed:
             parts.append(f"{policy}: {short_knobs(' '.join(fixed))}")
     return "knobs set, not searched: " + ("; ".join(parts) if parts else "none")
-
-
-def _fmt_knob(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def bound_text(result: BacktestResult) -> str:
@@ -341,100 +298,6 @@ def format_tables(result: BacktestResult) -> str:
         sweep,
     ]
     return "\n".join(parts)
-
-
-# --- charts -------------------------------------------------------------------------------------------------
-
-
-def _need(demand: np.ndarray, capacities: Mapping[str, float]) -> np.ndarray:
-    caps = np.array(list(capacities.values()), dtype=np.float64)
-    ratio = np.where(np.isfinite(demand), demand / caps, -np.inf).max(axis=1)
-    out: np.ndarray = np.where(np.isfinite(ratio), ratio, np.nan)
-    return out
-
-
-def capacity_chart(result: BacktestResult, path: str | Path, series: str | None = None) -> Path:
-    """Demand (in replicas) and the capacity in place at the validated knobs, one panel per policy."""
-    sid = series if series is not None else result.series[0]
-    if sid not in result.demand:
-        raise ValueError(f"series {sid!r} was not replayed; replayed: {', '.join(result.series[:8])}")
-    policies = [p for p in POLICY_ORDER if p in result.tuned]
-    times = result.times[sid]
-    need = _need(result.demand[sid], result.settings.capacities)
-    fig = Figure(figsize=(11, 1.9 * len(policies) + 0.9))
-    axes = fig.subplots(len(policies), 1, squeeze=False, sharex=True)[:, 0]
-    rows = result.per_run[result.per_run["series"] == sid]
-    for ax, policy in zip(axes, policies, strict=True):
-        knobs = result.chosen(policy).text()
-        cap = result.capacity_of(policy, sid).astype(np.float64)
-        ax.fill_between(times, 0, need, step="post", color="0.75", lw=0, label="demand (replicas needed)")
-        ax.step(times, cap, where="post", color=COLORS[policy], lw=1.3, label="replicas in place")
-        bad = np.isfinite(need) & (need > cap)
-        if bad.any():
-            ax.plot(times[bad], need[bad], "o", ms=3, color="tab:red", label="violation")
-        row = rows[(rows["policy"] == policy) & (rows["knobs"] == knobs)].iloc[0]
-        label = policy if policy == "oracle" else f"{policy} ({short_knobs(knobs)})"
-        ax.set_title(
-            f"{label}: {100 * row['violation_rate']:.2f}% violations, {row['replica_hours']:.4g} replica-h, "
-            f"{int(row['actions'])} scaling actions",
-            fontsize=8,
-            loc="left",
-        )
-        ax.set_ylabel("replicas", fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="upper right", ncol=3)
-    fig.suptitle(
-        f"{result.dataset} / {sid}: demand vs capacity over the test part (validated knobs)", fontsize=11
-    )
-    fig.tight_layout()
-    return save_png(fig, path, dpi=100)
-
-
-def curves_chart(result: BacktestResult, path: str | Path) -> Path:
-    """Cost against violation rate of every setting replayed on the test part: each policy's points, its
-    lower convex hull, and its validated setting (a star); the target rate marked."""
-    sm = result.summary
-    target = 100.0 * result.settings.target_violation_rate
-    fig = Figure(figsize=(9, 5.5))
-    ax = fig.subplots()
-    validated = result.validated[result.validated["criterion"] == "total"]
-    for policy in [p for p in POLICY_ORDER if p in set(sm["policy"])]:
-        g = sm[sm["policy"] == policy].reset_index(drop=True)
-        x = 100.0 * g["violation_rate"].to_numpy(np.float64)
-        y = g["cost"].to_numpy(np.float64)
-        color = COLORS[policy]
-        if policy == "oracle":
-            ax.plot(x, y, "*", ms=14, color=color, label="oracle (perfect foresight)")
-            continue
-        ax.plot(x, y, "o", ms=3, alpha=0.5, color=color)
-        hull = lower_hull(g["violation_rate"].tolist(), g["cost"].tolist())
-        ax.plot(x[hull], y[hull], "-", lw=1.2, color=color, label=f"{policy} (test points, hull)")
-        v = validated[validated["policy"] == policy]
-        if len(v):
-            ax.plot(
-                100.0 * v["violation_rate"].to_numpy(np.float64),
-                v["cost"].to_numpy(np.float64),
-                "*",
-                ms=11,
-                mec="k",
-                mew=0.6,
-                color=color,
-            )
-    ax.plot([], [], "*", ms=11, mec="k", mew=0.6, color="w", label="knobs chosen on validation")
-    ax.axvline(target, color="tab:red", ls="--", lw=1, label=f"target {target:g}%")
-    # Rates span zero (the oracle, static peaks) to tens of percent: linear near zero, logarithmic beyond.
-    ax.set_xscale("symlog", linthresh=max(target / 2.0, 1e-3))
-    ax.set_xlim(left=0.0)
-    # Static peak provisioning can cost ten times the rest: a log scale keeps the close curves apart.
-    if (sm["cost"] > 0).all():
-        ax.set_yscale("log")
-    ax.set_xlabel("SLA-violation rate on the test part (% of steps)")
-    ax.set_ylabel("cost (price x replica-hours + penalty x violations)")
-    ax.set_title(f"{result.dataset}: cost vs violation rate on the test part ({len(result.series)} series)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_png(fig, path, dpi=100)
 
 
 # --- the HTML page ------------------------------------------------------------------------------------------

@@ -63,7 +63,9 @@ from harmony.backtest.sweep import (
     KnobSpace,
     Tuned,
     build_policy,
+    format_knob,
     knob_space,
+    short_knobs,
     tune,
 )
 
@@ -104,6 +106,7 @@ __all__ = [
     "cost_at_rate",
     "cost_bound",
     "forecast_draws",
+    "format_knob",
     "gap_captured",
     "hindsight_table",
     "knob_space",
@@ -116,6 +119,7 @@ __all__ = [
     "run_config",
     "score",
     "settings_from_config",
+    "short_knobs",
     "tune",
     "validated_table",
 ]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -137,10 +138,25 @@ class SeriesData:
     decisions: IntArray
     initial: int
     train_peak: dict[str, float]
+    names: tuple[str, ...]  # the demand indicators, in the order of `demand`'s columns
 
     @property
     def scored(self) -> slice:
         return slice(self.start, self.end)
+
+    @property
+    def begin(self) -> int:
+        """The first step whose capacity a replay simulates."""
+        return min(self.first_decision, self.start)
+
+    @cached_property
+    def demand_rows(self) -> list[dict[str, float]]:
+        """The demand of steps begin - 1 .. end - 1 as {indicator: value}, what a replay hands the policies:
+        built once per series, not once per setting replayed."""
+        return [
+            {n: float(v) for n, v in zip(self.names, row, strict=True)}
+            for row in self.demand[self.begin - 1 : self.end]
+        ]
 
 
 def prepare_series(
@@ -194,6 +210,7 @@ def prepare_series(
         decisions=taus,
         initial=int(initial),
         train_peak=peak,
+        names=tuple(names),
     )
 
 
@@ -338,22 +355,18 @@ class Replay:
         return self.capacity[lo : steps.stop - self.first]
 
 
-def _demand_map(names: Sequence[str], row: FloatArray) -> dict[str, float]:
-    return {n: float(v) for n, v in zip(names, row, strict=True)}
-
-
 def replay(policy: Policy, data: SeriesData, draws: Draws | None, settings: Settings) -> Replay:
     """Replay one series through one policy (see the module doc for the protocol)."""
     lead, interval = settings.lead_time, settings.interval
     names = settings.names
-    begin = min(data.first_decision, data.start)
+    begin = data.begin
     capacity = np.full(data.end - begin, data.initial, dtype=np.int64)
     policy.reset()
     current = data.initial
     observed = data.first_decision + lead  # the first step whose capacity the policy chose
     fallbacks = 0
     # The demand of every step from the one before the first decision (what it observes) to the end.
-    rows = [_demand_map(names, row) for row in data.demand[begin - 1 : data.end]]
+    rows = data.demand_rows
     for k, tau in enumerate(data.decisions):
         t = int(tau)
         while observed < t:  # outcomes realised since the last decision, in order

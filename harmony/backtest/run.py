@@ -204,7 +204,6 @@ def run_backtest(
     t0 = time.perf_counter()
     tuned = {policy: tune(ev_val, policy, log=say) for policy in enabled}
     seconds["tune_val"] = time.perf_counter() - t0
-    del val_draws
 
     # 2. The test part: the chosen knobs, then each policy's primary sweep at its chosen secondary knobs.
     test_draws = _forecasts(forecaster, trace, test, settings, enabled, window, 0, say, seconds, classical)

@@ -12,8 +12,9 @@ one value of each secondary knob. The search (`tune`) replays, on the validation
    the criterion and the next looser one (linear in utilisation, margin and headroom, logarithmic in eps).
 
 The criterion is either "total" (violated steps over all series at most the target rate) or "service"
-(every series at most the target rate). Where no setting meets it, the one with the lowest rate (total or
-worst series) is chosen and flagged. Every replay is cached by setting, so the two criteria share work.
+(every series at most the target rate). Every replay is cached by setting, so the two criteria share
+work, and the choice for each criterion is the cheapest of all the settings both searches replayed that
+meets it; where none does, the one with the lowest rate (total or worst series), flagged.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ __all__ = [
     "Knobs",
     "Tuned",
     "build_policy",
+    "format_knob",
     "knob_space",
+    "short_knobs",
     "summarize",
     "tune",
 ]
@@ -66,11 +69,11 @@ __all__ = [
 # Violation rates are ratios of step counts: a rate "at" the target may differ from it by float rounding.
 RATE_TOLERANCE = 1e-12
 Criterion = Literal["total", "service"]
-_CRITERIA: tuple[Criterion, ...] = ("total", "service")
-CRITERIA: dict[str, str] = {
+CRITERIA: dict[Criterion, str] = {
     "total": "violated steps over all series within the target rate",
     "service": "every series within the target rate",
 }
+_CRITERIA: tuple[Criterion, ...] = tuple(CRITERIA)
 
 
 @dataclass(frozen=True)
@@ -116,21 +119,44 @@ class Knobs:
         return dict(self.secondary).get(name, default)
 
     def secondary_text(self) -> str:
-        return " ".join(f"{k}={_fmt(v)}" for k, v in self.secondary) or "-"
+        return " ".join(f"{k}={format_knob(v)}" for k, v in self.secondary) or "-"
 
     def text(self) -> str:
         """Every knob as `name=value`, the primary first ('-' for the oracle)."""
         if self.policy == "oracle":
             return "-"
-        head = f"{self.primary_name}={_fmt(self.primary)}"
-        return " ".join([head, *(f"{k}={_fmt(v)}" for k, v in self.secondary)])
+        head = f"{self.primary_name}={format_knob(self.primary)}"
+        return " ".join([head, *(f"{k}={format_knob(v)}" for k, v in self.secondary)])
 
     def key(self) -> tuple[str, float, tuple[tuple[str, Any], ...]]:
         return (self.policy, self.primary, self.secondary)
 
 
-def _fmt(v: Any) -> str:
+def format_knob(v: Any) -> str:
+    """A knob value as the tables and MLflow write it: floats in %g, anything else as text."""
     return f"{v:g}" if isinstance(v, float) and not math.isnan(v) else str(v)
+
+
+# Knob names as the tables print them.
+SHORT_NAMES = {
+    "target_utilization": "target",
+    "tolerance": "tol",
+    "scale_down_window_s": "down_window",
+    "scale_up_window_s": "up_window",
+    "scale_down_rate": "down_rate",
+    "scale_up_rate": "up_rate",
+    "forgetting": "forget",
+}
+
+
+def short_knobs(text: str, searched: Sequence[str] | None = None) -> str:
+    """A knobs text with the short names the tables print ('-' stays '-'); with `searched`, only the knobs
+    of those names (the ones the search chose among several values)."""
+    if searched is not None:
+        text = " ".join(t for t in text.split(" ") if t == ".." or t.split("=", 1)[0] in searched) or "-"
+    for long, short in SHORT_NAMES.items():
+        text = text.replace(f"{long}=", f"{short}=")
+    return text
 
 
 _PRIMARY = {
@@ -297,6 +323,7 @@ class Evaluator:
         self.capacity: dict[tuple[tuple[str, float, tuple[tuple[str, Any], ...]], str], Any] = {}
         self.seconds: dict[str, float] = {}
         self.knobs: dict[tuple[str, float, tuple[tuple[str, Any], ...]], Knobs] = {}
+        self._summaries: dict[tuple[str, float, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
 
     def source(self, policy: str) -> Mapping[str, Draws] | None:
         # The EHPA (and the median point forecast) read only the per-step median of the draws: given as one
@@ -348,14 +375,18 @@ class Evaluator:
         return out
 
     def summary_of(self, knobs: Knobs) -> dict[str, Any]:
-        return summarize(self.run(knobs), self.settings.target_violation_rate)
+        """The setting's rows summed over series (computed once: the search asks for it many times)."""
+        key = knobs.key()
+        if key not in self._summaries:
+            self._summaries[key] = summarize(self.run(knobs), self.settings.target_violation_rate)
+        return self._summaries[key]
 
     def per_run(self) -> pd.DataFrame:
         return pd.DataFrame([row for rows in self.rows.values() for row in rows])
 
     def summary(self) -> pd.DataFrame:
         """One row per replayed setting, summed over series, in table order."""
-        rows = [summarize(r, self.settings.target_violation_rate) for r in self.rows.values()]
+        rows = [self.summary_of(self.knobs[key]) for key in self.rows]
         frame = pd.DataFrame(rows)
         if frame.empty:
             return frame

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -164,7 +164,7 @@ class _Memory:
     or the fallback set. An outcome observed later is credited to the decision whose count was in place.
     """
 
-    recent: deque[tuple[int, float | None]] = field(default_factory=deque)
+    recent: deque[tuple[int, float | None]]  # bounded to lead_steps + 1 by the decider
     last_violation: bool | None = None
 
 
@@ -192,12 +192,16 @@ class Decider:
             adaptive=config.adaptive,
         )
         self.stabilizer = Stabilizer.from_config(config)
-        self._memory = _Memory()
+        self._memory = self._fresh_memory()
 
     def reset(self) -> None:
         self.tracker.reset()
         self.stabilizer.reset()
-        self._memory = _Memory()
+        self._memory = self._fresh_memory()
+
+    def _fresh_memory(self) -> _Memory:
+        # The decisions that can still be in place when an outcome arrives: the last lead_steps + 1.
+        return _Memory(recent=deque(maxlen=self.config.lead_steps + 1))
 
     @property
     def last_violation(self) -> bool | None:
@@ -254,7 +258,7 @@ class Decider:
         # step limit, and not a count far above what the level asked (an idle service at its floor, whose
         # draws all need a fraction of a replica, sits there whatever the level: learning from it winds up).
         quantile_set = replicas == recommendation and p_violation >= cfg.informative_fraction * level
-        self._remember(replicas, level if quantile_set else None)
+        self._memory.recent.append((replicas, level if quantile_set else None))
         quantile = 1.0 - level
         words = format_level(quantile)
         target_words = format_level(1.0 - self.tracker.target)
@@ -287,14 +291,8 @@ class Decider:
         decision = fallback_decision(
             self.config, self.stabilizer, why, current_replicas, now_s, current_demand, policy=self.name
         )
-        self._remember(decision.replicas, None)
+        self._memory.recent.append((decision.replicas, None))
         return decision
-
-    def _remember(self, replicas: int, level: float | None) -> None:
-        recent = self._memory.recent
-        recent.append((replicas, level))
-        while len(recent) > self.config.lead_steps + 1:
-            recent.popleft()
 
     def _credited_level(self, replicas_in_place: int) -> float | None:
         """The level of the decision whose count is in place, or None when no level set it.
@@ -341,11 +339,11 @@ class Decider:
         self.tracker.load_state_dict(state["tracker"])
         self.stabilizer.load_state_dict(state["stabilizer"])
         # State saved before "recent" existed (its "last_level" cannot say which count it set) starts empty.
-        recent = deque(
+        self._memory = self._fresh_memory()
+        self._memory.recent.extend(
             (int(replicas), None if level is None else float(level))
             for replicas, level in state.get("recent", [])
         )
-        self._memory = _Memory(recent=recent)
 
     def with_config(self, **changes: Any) -> Decider:
         """A fresh decider with some config fields changed (for sweeps)."""

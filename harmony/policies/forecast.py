@@ -165,6 +165,6 @@ class EHPAPolicy(HPAPolicy):
             return out, missing  # a broken forecast: the plain HPA decides
         peak = _point(y[:, :, cols], "median").max(axis=0)  # [K]: the forecast peak of each indicator
         for name, value in zip(self.capacities, peak, strict=True):
-            count, ratio = self._metric_proposal(name, float(value), current_replicas)
+            count, ratio = self.metric_proposal(name, float(value), current_replicas)
             out.append((count, f"{name} (forecast)", ratio))
         return out, missing

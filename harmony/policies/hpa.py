@@ -201,7 +201,8 @@ class HPAPolicy(ObservesViolations):
         self._events.clear()
 
     # the metric step --------------------------------------------------------------------------------------
-    def _metric_proposal(self, name: str, demand: float, current: int) -> tuple[int, float]:
+    def metric_proposal(self, name: str, demand: float, current: int) -> tuple[int, float]:
+        """(count, ratio) one metric proposes for `demand` at `current` replicas, tolerance applied."""
         ratio = demand / (current * self.capacities[name]) / self.targets[name]
         if 1.0 - self.down_tolerance <= ratio <= 1.0 + self.up_tolerance:
             return current, ratio
@@ -223,7 +224,7 @@ class HPAPolicy(ObservesViolations):
             if d is None or not math.isfinite(d):
                 missing.append(name)
                 continue
-            count, ratio = self._metric_proposal(name, d, current_replicas)
+            count, ratio = self.metric_proposal(name, d, current_replicas)
             out.append((count, name, ratio))
         return out, missing
 
