@@ -320,11 +320,14 @@ def _trained_forecaster(cfg: BacktestConfig, say: Callable[[str], None]) -> tupl
     from harmony.training.config import TrackingConfig
     from harmony.training.train import STATE_FILE, RunState, comparable_config, train
 
-    folder = (cfg.output_dir / "model").resolve()
+    shared = cfg.forecaster.model_dir
+    folder = (Path(shared) if shared else cfg.output_dir / "model").resolve()
+    # A shared folder's run is named after the folder, so every config sharing it trains the same run.
+    owner = folder.parent.name if shared else cfg.run_name
     train_cfg = dataclasses.replace(
         cfg.train,
         tracking=TrackingConfig(
-            experiment=cfg.train.tracking.experiment, run_name=f"{cfg.run_name}-model", output_dir=str(folder)
+            experiment=cfg.train.tracking.experiment, run_name=f"{owner}-model", output_dir=str(folder)
         ),
     )
     state_path = folder / STATE_FILE
