@@ -1,7 +1,7 @@
 """Decision latency, and the backtest's validated headline over training seeds on the real traces.
 
-    python -m benchmarks.decision [--configs fisher_containers,...] [--seeds 0,1,2] [--set key=value ...]
-                                  [--latency-only]
+    python -m benchmarks.decision [--configs fisher_containers,...|all] [--seeds 0,1,2] [--set key=value ...]
+                                  [--latency-only | --forecasts-only]
 
 Latency: one HARMONY decision (100 draws x 12 steps x 2 demand indicators, with the Bayesian update) against
 one HPA decision in the same process. Backtests: configs/backtest/NAME.yaml once per seed (the forecaster's
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harmony.backtest import ConfigRun
+from harmony.backtest import BacktestConfig
 from harmony.decision import Decider, DecisionConfig
 from harmony.policies import HPAPolicy
 
@@ -68,17 +68,24 @@ def latency() -> None:
     print(f"ratio harmony / hpa (median): {rows[0][1] / rows[1][1]:.1f}x   target: one decision < 2000 us")
 
 
-def forecast_quality(run: ConfigRun) -> dict[str, float]:
-    """The backtest's forecaster on the test part against seasonal naive, over the demand indicators."""
+def model_folder(cfg: BacktestConfig) -> Path:
+    shared = cfg.forecaster.model_dir
+    return (Path(shared) if shared else cfg.output_dir / "model") / "forecaster"
+
+
+def forecast_quality(cfg: BacktestConfig) -> dict[str, float]:
+    """The backtest's trained forecaster on the test part against seasonal naive, over the demand
+    indicators the decisions read."""
     from harmony import metrics
+    from harmony.backtest.config import capacities_of, card_of
     from harmony.model.base import Forecaster
     from harmony.model.seasonal_naive import SeasonalNaiveForecaster
     from harmony.training.evaluate import evaluate
     from harmony.training.train import load_data
 
-    cfg = run.config
-    shared = cfg.forecaster.model_dir
-    folder = (Path(shared) if shared else cfg.output_dir / "model") / "forecaster"
+    folder = model_folder(cfg)
+    if not (folder / "forecaster.json").exists():
+        raise SystemExit(f"{cfg.run_name}: no trained forecaster in {folder}; run its backtest first")
     model = Forecaster.load(folder)
     _, trace, split, _ = load_data(cfg.train)
     naive = SeasonalNaiveForecaster(model.spec)
@@ -92,7 +99,7 @@ def forecast_quality(run: ConfigRun) -> dict[str, float]:
         seed=cfg.forecaster.seed,
         part="test",
     )
-    demand = list(run.result.settings.names)
+    demand = list(capacities_of(card_of(cfg.train), cfg.backtest.capacities))
     mine = ev.per_series.xs("harmony", level="model")
     base = ev.per_series.xs("seasonal_naive", level="model")
     keep = mine.index.get_level_values("target").isin(demand)
@@ -105,8 +112,44 @@ def forecast_quality(run: ConfigRun) -> dict[str, float]:
     }
 
 
+def seed_config(name: str, seed: int, sets: list[str]) -> BacktestConfig:
+    """configs/backtest/NAME.yaml with the training and draw seeds set, in its own folder NAME-seedK."""
+    from harmony.backtest import load_backtest_config
+
+    path = ROOT / "configs" / "backtest" / f"{name}.yaml"
+    over = [*sets, f"trainer.seed={seed}", f"forecaster.seed={seed}", f"report.run_name={name}-seed{seed}"]
+    shared = load_backtest_config(path).forecaster.model_dir
+    if shared:  # a variant sharing its base's model shares the base's model of the same seed
+        over.append(f"forecaster.model_dir={Path(shared).parent}-seed{seed}/model")
+    return load_backtest_config(path, over)
+
+
+def forecasts(configs: list[str], seeds: list[int], sets: list[str]) -> None:
+    """The forecast targets alone, from the models the backtests of these seeds trained."""
+    from harmony.backtest import load_backtest_config
+    from harmony.data.summary import render_table
+
+    rows = []
+    for name in configs:
+        plain = load_backtest_config(ROOT / "configs" / "backtest" / f"{name}.yaml", sets)
+        for seed in seeds:
+            cfg = seed_config(name, seed, sets)
+            # The config's own run (harmony backtest --config ...) trained the same model for its own seed.
+            if seed == plain.train.trainer.seed and not (model_folder(cfg) / "forecaster.json").exists():
+                cfg = plain
+            rows.append({"config": name, "seed": seed, **forecast_quality(cfg)})
+    frame = pd.DataFrame(rows)
+    print(
+        f"\nforecasts on the test part, demand indicators ({len(seeds)} seed(s)); "
+        "target cov90 0.85-0.95, crps_x <= 0.6"
+    )
+    print(render_table(frame.set_index(["config", "seed"])))
+    print(f"mean over {len(seeds)} seed(s):")
+    print(render_table(frame.drop(columns="seed").groupby("config", sort=False).mean()))
+
+
 def headlines(configs: list[str], seeds: list[int], sets: list[str]) -> None:
-    from harmony.backtest import CRITERIA, load_backtest_config, run_config
+    from harmony.backtest import CRITERIA, run_config
     from harmony.backtest.held import chosen_eps, held_to_eps
     from harmony.data.summary import render_table
     from harmony.report import format_tables
@@ -114,22 +157,13 @@ def headlines(configs: list[str], seeds: list[int], sets: list[str]) -> None:
     for name in configs:
         rows = []
         for seed in seeds:
-            over = [
-                *sets,
-                f"trainer.seed={seed}",
-                f"forecaster.seed={seed}",
-                f"report.run_name={name}-seed{seed}",
-            ]
-            shared = load_backtest_config(ROOT / "configs" / "backtest" / f"{name}.yaml").forecaster.model_dir
-            if shared:  # a variant sharing its base's model shares the base's model of the same seed
-                over.append(f"forecaster.model_dir={Path(shared).parent}-seed{seed}/model")
-            cfg = load_backtest_config(ROOT / "configs" / "backtest" / f"{name}.yaml", over)
+            cfg = seed_config(name, seed, sets)
             t0 = time.perf_counter()
             run = run_config(cfg)
             seconds = time.perf_counter() - t0
             print(f"\n=== {name}, seed {seed} ({seconds:.0f} s)")
             print(format_tables(run.result).split("\nHINDSIGHT")[0])
-            quality = forecast_quality(run)
+            quality = forecast_quality(cfg)
             held = {
                 (str(r["criterion"]), str(r["policy"])): r
                 for r in held_to_eps(run.result.per_service, chosen_eps(run.result.tuned)).to_dict("records")
@@ -170,14 +204,20 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--latency-only", action="store_true")
+    p.add_argument(
+        "--forecasts-only", action="store_true", help="only the forecast targets, from models already trained"
+    )
     args = p.parse_args()
-    latency()
-    if args.latency_only:
-        return
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     configs = list(filter(None, args.configs.split(",")))
     if configs == ["all"]:
         configs = sorted(p.stem for p in (ROOT / "configs" / "backtest").glob("*.yaml"))
+    if args.forecasts_only:
+        forecasts(configs, seeds, args.set)
+        return
+    latency()
+    if args.latency_only:
+        return
     headlines(configs, seeds, args.set)
 
 
