@@ -143,7 +143,8 @@ def forecasts(configs: list[str], seeds: list[int], sets: list[str]) -> None:
         f"\nforecasts on the test part, demand indicators ({len(seeds)} seed(s)); "
         "target cov90 0.85-0.95, crps_x <= 0.6"
     )
-    print(render_table(frame.set_index(["config", "seed"])))
+    each = frame.assign(run=[f"{c} seed {k}" for c, k in zip(frame["config"], frame["seed"], strict=True)])
+    print(render_table(each.drop(columns=["config", "seed"]).set_index("run")))
     print(f"mean over {len(seeds)} seed(s):")
     print(render_table(frame.drop(columns="seed").groupby("config", sort=False).mean()))
 
@@ -192,7 +193,10 @@ def headlines(configs: list[str], seeds: list[int], sets: list[str]) -> None:
                 )
         frame = pd.DataFrame(rows)
         print(f"\n=== {name}: HARMONY at the knobs chosen on validation, test part, {len(seeds)} seed(s)")
-        print(render_table(frame.set_index(["criterion", "seed"])))
+        each = frame.assign(
+            run=[f"{c} seed {k}" for c, k in zip(frame["criterion"], frame["seed"], strict=True)]
+        )
+        print(render_table(each.drop(columns=["criterion", "seed"]).set_index("run")))
         numeric = frame.drop(columns=["seed", "best_baseline"]).groupby("criterion", sort=False).mean()
         print(f"mean over {len(seeds)} seed(s):")
         print(render_table(numeric))

@@ -120,6 +120,12 @@ class ReplayConfig:
     max_steps: int | None = None
     initial_replicas: int | None = None
     capacities: dict[str, float] | None = None
+    # Where the per-series work runs (harmony.backtest.executor): groups of `series_per_group` series (null:
+    # one group; the draws' seeds follow the group), in this process or on Ray actors.
+    executor: Literal["local", "ray"] = "local"
+    series_per_group: int | None = None
+    ray_address: str | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -534,6 +540,25 @@ def _check(cfg: BacktestConfig, ctx: ConfigContext) -> None:
     need(r.window_steps is None or r.window_steps >= 1, "backtest.window_steps", "expected an integer >= 1")
     need(r.warmup_steps >= 0, "backtest.warmup_steps", f"expected an integer >= 0, got {r.warmup_steps}")
     need(r.max_steps is None or r.max_steps >= 1, "backtest.max_steps", "expected an integer >= 1 or null")
+    need(
+        r.series_per_group is None or r.series_per_group >= 1,
+        "backtest.series_per_group",
+        "expected an integer >= 1 or null",
+    )
+    need(r.workers is None or r.workers >= 1, "backtest.workers", "expected an integer >= 1 or null")
+    need(
+        r.executor != "ray" or r.series_per_group is not None,
+        "backtest.series_per_group",
+        "the ray executor distributes groups of series: give how many series a group holds",
+    )
+    if r.executor == "ray":
+        import importlib.util
+
+        need(
+            importlib.util.find_spec("ray") is not None,
+            "backtest.executor",
+            "ray is not installed: pip install 'harmony-autoscaler[ray]'",
+        )
     need(
         r.initial_replicas is None or r.initial_replicas >= 0,
         "backtest.initial_replicas",
