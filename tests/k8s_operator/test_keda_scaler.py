@@ -362,7 +362,7 @@ async def test_a_stale_decision_is_not_served(
         )
 
 
-def _certificates(tmp: Path) -> dict[str, Path]:
+def _certificates(tmp: Path, ca_name: str = "harmony-test-ca") -> dict[str, Path]:
     """A CA, a server certificate for localhost and a client certificate, as cert-manager would issue."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -370,8 +370,10 @@ def _certificates(tmp: Path) -> dict[str, Path]:
     from cryptography.x509.oid import NameOID
 
     now = dt.datetime.now(dt.UTC)
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    ca_key = ec.generate_private_key(ec.SECP256R1())
 
-    def issue(name: str, key: Any, issuer: Any, issuer_key: Any, *, ca: bool, san: list[str]) -> Any:
+    def issue(name: str, key: Any, *, ca: bool, san: list[str]) -> Any:
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -386,63 +388,76 @@ def _certificates(tmp: Path) -> dict[str, Path]:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([x509.DNSName(s) for s in san]), critical=False
             )
-        return builder.sign(issuer_key, hashes.SHA256())
+        return builder.sign(ca_key, hashes.SHA256())
 
-    def pem_key(key: Any) -> bytes:
-        return bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "harmony-test-ca")])
-    ca = issue("harmony-test-ca", ca_key, ca_name, ca_key, ca=True, san=[])
-    out: dict[str, Path] = {}
+    tmp.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {"ca.crt": tmp / "ca.crt"}
+    out["ca.crt"].write_bytes(
+        issue(ca_name, ca_key, ca=True, san=[]).public_bytes(serialization.Encoding.PEM)
+    )
     for role, san in (("server", ["localhost"]), ("client", [])):
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = issue(f"harmony-{role}", key, ca_name, ca_key, ca=False, san=san)
-        (tmp / f"{role}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (tmp / f"{role}.key").write_bytes(pem_key(key))
+        cert = issue(f"harmony-{role}", key, ca=False, san=san)
         out[f"{role}.crt"], out[f"{role}.key"] = tmp / f"{role}.crt", tmp / f"{role}.key"
-    (tmp / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out["ca.crt"] = tmp / "ca.crt"
+        out[f"{role}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[f"{role}.key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     return out
 
 
-async def test_tls_and_client_certificates(tmp_path: Path) -> None:
-    pem = _certificates(tmp_path)
+async def test_tls_client_certificates_and_certificate_renewal(tmp_path: Path) -> None:
+    pem = _certificates(tmp_path / "v1")
+    # The scaler reads the files where a Secret volume mounts them; they are replaced on renewal.
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    for name in ("server.crt", "server.key", "ca.crt"):
+        (mounted / name).write_bytes(pem[name].read_bytes())
     settings = ScalerSettings(
         port=0,
         bind_address="127.0.0.1",
-        tls_cert=pem["server.crt"],
-        tls_key=pem["server.key"],
-        tls_client_ca=pem["ca.crt"],
+        tls_cert=mounted / "server.crt",
+        tls_key=mounted / "server.key",
+        tls_client_ca=mounted / "ca.crt",
     )
     server = ScalerServer(settings)
     port = await server.start()
     options = [("grpc.ssl_target_name_override", "localhost")]
-    try:
-        # KEDA's caCert + tlsClientCert/tlsClientKey: served.
+
+    async def call(root: bytes, client: dict[str, Path] | None) -> Any:
         creds = grpc.ssl_channel_credentials(
-            root_certificates=pem["ca.crt"].read_bytes(),
-            private_key=pem["client.key"].read_bytes(),
-            certificate_chain=pem["client.crt"].read_bytes(),
+            root_certificates=root,
+            private_key=client["client.key"].read_bytes() if client else None,
+            certificate_chain=client["client.crt"].read_bytes() if client else None,
         )
         async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
-            answer = await pb_grpc.ExternalScalerStub(channel).GetMetricSpec(ref("web"), timeout=10)
-            assert answer.metricSpecs[0].metricName == "harmony-shop-web"
+            return await pb_grpc.ExternalScalerStub(channel).GetMetricSpec(ref("web"), timeout=10)
+
+    try:
+        # KEDA's caCert + tlsClientCert/tlsClientKey: served.
+        answer = await call(pem["ca.crt"].read_bytes(), pem)
+        assert answer.metricSpecs[0].metricName == "harmony-shop-web"
         # caCert alone (no client certificate) is refused when the scaler requires one.
-        creds = grpc.ssl_channel_credentials(root_certificates=pem["ca.crt"].read_bytes())
-        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
-            code, _ = await code_of(pb_grpc.ExternalScalerStub(channel).GetMetricSpec(ref("web"), timeout=10))
-            assert code == grpc.StatusCode.UNAVAILABLE
+        code, _ = await code_of(call(pem["ca.crt"].read_bytes(), None))
+        assert code == grpc.StatusCode.UNAVAILABLE
         # A plaintext client gets nothing either.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             code, _ = await code_of(pb_grpc.ExternalScalerStub(channel).GetMetricSpec(ref("web"), timeout=10))
             assert code == grpc.StatusCode.UNAVAILABLE
+
+        # Renewal under a new CA, files swapped in place as a Secret volume does: new connections get the
+        # new certificate, no restart.
+        renewed = _certificates(tmp_path / "v2", ca_name="harmony-test-ca-2")
+        for name in ("server.crt", "server.key", "ca.crt"):
+            staged = mounted / f".{name}.new"
+            staged.write_bytes(renewed[name].read_bytes())
+            os.replace(staged, mounted / name)
+        answer = await call(renewed["ca.crt"].read_bytes(), renewed)
+        assert answer.metricSpecs[0].metricName == "harmony-shop-web"
+        code, _ = await code_of(call(pem["ca.crt"].read_bytes(), pem))
+        assert code == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(grace_s=0.5)
 
