@@ -536,6 +536,25 @@ async def test_the_harmony_scaler_command_serves_and_stops_on_sigterm(cluster: C
     assert bad.stderr is not None
     assert "--tls-cert/--tls-key: give both" in (await bad.stderr.read()).decode()
 
+    with socket.socket() as taken:  # a port already in use: a one-line error, not a traceback
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "harmony_operator.keda.scaler",
+            "--port",
+            str(taken.getsockname()[1]),
+            "--bind-address",
+            "127.0.0.1",
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert await busy.wait() == 1
+    assert busy.stderr is not None
+    err = (await busy.stderr.read()).decode()
+    assert "harmony-scaler: cannot listen on 127.0.0.1:" in err and "Traceback" not in err, err
+
 
 def test_committed_stubs_are_what_the_proto_generates(tmp_path: Path) -> None:
     fresh = {p.name: p.read_bytes() for p in generate(tmp_path)}

@@ -86,6 +86,7 @@ PAUSED_ANNOTATION = f"{GROUP}/paused"
 # Trigger metadata keys (the ScaledObject's `triggers[].metadata`).
 META_AUTOSCALER = "autoscaler"
 META_NAMESPACE = "namespace"
+_MAX_ENTRIES = 4096  # per-name memory (cache, log de-duplication) is bounded
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -345,7 +346,10 @@ class HarmonyScaler:
                 )
             except ApiError as exc:
                 obj = exc
-            self._cache[key] = (time.monotonic(), obj)
+            now = time.monotonic()
+            if len(self._cache) >= _MAX_ENTRIES:  # names come from clients: keep the cache bounded
+                self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self.settings.cache_ttl_s}
+            self._cache[key] = (now, obj)
         if isinstance(obj, ApiError):
             raise obj
         return dict(obj or {})
@@ -437,6 +441,8 @@ class ExternalScalerService:
         key = target.scaled_object if target else "?"
         line = f"{answer.state}: {answer.message}"
         if self._last_logged.get(key) != line:
+            if len(self._last_logged) >= _MAX_ENTRIES:
+                self._last_logged.clear()
             self._last_logged[key] = line
             level = logging.INFO if answer.ok else logging.WARNING
             log.log(level, "ScaledObject %s -> %s", key, line)
@@ -589,7 +595,10 @@ class ScalerServer:
         pb_grpc.add_ExternalScalerServicer_to_server(self.service, server)  # type: ignore[no-untyped-call]
         address = f"{self.settings.bind_address}:{self.settings.port}"
         creds = server_credentials(self.settings)
-        port: int = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        try:
+            port: int = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's "Failed to bind": address in use or not local
+            raise OSError(f"cannot listen on {address}: {exc}") from exc
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()
@@ -618,21 +627,14 @@ class ScalerServer:
 # --- command line ---------------------------------------------------------------------------------------
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw else default
-
-
 def parse_args(argv: list[str] | None = None) -> ScalerSettings:
-    env = os.environ.get
+    env = os.environ.get  # string defaults go through `type`: a bad value in the environment fails as a flag
     p = argparse.ArgumentParser(
         prog="harmony-scaler",
         description="Serve harmony's decisions to KEDA as an external scaler "
         "(docs/operator.md, 'With KEDA').",
     )
-    p.add_argument(
-        "--port", type=int, default=int(env("HARMONY_SCALER_PORT", "6000")), help="gRPC port [6000]"
-    )
+    p.add_argument("--port", type=int, default=env("HARMONY_SCALER_PORT", "6000"), help="gRPC port [6000]")
     p.add_argument("--bind-address", default=env("HARMONY_SCALER_BIND_ADDRESS", "0.0.0.0"))
     p.add_argument("--tls-cert", type=Path, default=env("HARMONY_SCALER_TLS_CERT") or None, help="PEM chain")
     p.add_argument("--tls-key", type=Path, default=env("HARMONY_SCALER_TLS_KEY") or None, help="PEM key")
@@ -648,9 +650,7 @@ def parse_args(argv: list[str] | None = None) -> ScalerSettings:
         default=env("HARMONY_SCALER_ALLOW_CROSS_NAMESPACE", "").lower() in ("1", "true"),
         help="let a ScaledObject name a HarmonyAutoscaler in another namespace",
     )
-    p.add_argument(
-        "--stale-after-intervals", type=float, default=_env_float("HARMONY_SCALER_STALE_INTERVALS", 3.0)
-    )
+    p.add_argument("--stale-after-intervals", type=float, default=env("HARMONY_SCALER_STALE_INTERVALS", "3"))
     p.add_argument("--stale-min", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("--cache-ttl", type=float, default=2.0, metavar="SECONDS")
     p.add_argument("--stream-period", type=float, default=5.0, metavar="SECONDS")
@@ -707,7 +707,11 @@ def _configure_logging(fmt: str, verbose: bool) -> None:
 
 async def _serve(settings: ScalerSettings) -> None:
     server = ScalerServer(settings)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop(grace_s=0)
+        sys.exit(f"harmony-scaler: {exc}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
