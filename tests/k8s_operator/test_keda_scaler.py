@@ -349,6 +349,15 @@ async def test_a_stale_decision_is_not_served(
             await wait_for(lambda: status(cluster, "shop", "web").get("lastDecisionTime") is not None)
             served = (await client.GetMetrics(request)).metricValues[0].metricValueFloat
             assert served == status(cluster, "shop", "web")["desiredReplicas"]
+            # The operator's own status patches (every second here) leave the scaler's fields alone.
+            await wait_for(
+                lambda: (status(cluster, "shop", "web").get("keda") or {}).get("answer") == "Fallback"
+            )
+            reported = status(cluster, "shop", "web")["keda"]["lastRequestTime"]
+            await wait_for(lambda: status(cluster, "shop", "web")["lastDecisionTime"] > reported, timeout=10)
+            await asyncio.sleep(1.5)
+            st = status(cluster, "shop", "web")
+            assert st["actuator"] == "KEDA" and st["keda"]["lastRequestTime"] == reported
         assert runner.exception is None, runner.output
         # The operator is gone: after two intervals (and the status' whole-second clock) nothing fresh.
         decided = dt.datetime.fromisoformat(

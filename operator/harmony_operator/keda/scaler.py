@@ -306,10 +306,8 @@ def evaluate(
     replicas = int(min(max(desired, spec.min_replicas), spec.max_replicas))
     active = _active(spec, status)
     if status.get("fallback"):
-        reason = str(status.get("reason") or "fallback rule")
-        return Answer(
-            "Fallback", f"{replicas} replicas (fallback: {reason})", replicas, active, actuator="KEDA"
-        ), spec
+        reason = str(status.get("reason") or "the fallback rule")
+        return Answer("Fallback", f"{replicas} replicas: {reason}", replicas, active, actuator="KEDA"), spec
     return Answer(
         "Serving", f"{replicas} replicas: {status.get('reason', '')}", replicas, active, actuator="KEDA"
     ), spec
