@@ -193,3 +193,21 @@ def test_crd_status_holds_what_the_scaler_writes() -> None:
     jsonschema.validate(written, status_schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"keda": {"replica": 7}}, status_schema)  # a structural schema prunes unknowns
+
+
+def test_notes_give_the_scaler_address(helm4: Helm) -> None:
+    values = helm4.values_file(KEDA_CASES["keda-tls"])
+    result = helm4.run(
+        "install",
+        "--dry-run=client",
+        "harmony-operator",
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--values",
+        str(values),
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "KEDA external scaler (harmony-scaler, TLS)" in notes
+    assert f"scalerAddress: harmony-operator-keda.{NAMESPACE}.svc:6000" in notes
