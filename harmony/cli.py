@@ -10,6 +10,11 @@ from harmony import __version__
 from harmony.data.errors import DataError
 
 
+def _say(line: str) -> None:
+    """Progress and log lines: flushed at once, so that a log file follows the run."""
+    print(line, flush=True)
+
+
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
@@ -106,7 +111,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
         timezone=args.timezone,
         cleaning=cleaning,
     )
-    print(f"OK: {args.path} is usable.\n")
+    if trace.notes:
+        print(f"USABLE WITH {len(trace.notes)} WARNING(S): {args.path}")
+        for note in trace.notes:
+            print(f"  warning: {note}")
+        print()
+    else:
+        print(f"OK: {args.path} is usable.\n")
     print(overview(trace))
     print()
     print(render_table(trace.stats()))
@@ -120,7 +131,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from harmony.training.train import train
 
     config = load_config(args.config, args.set or [])
-    result = train(config, resume=args.resume, register=args.register)
+    result = train(config, resume=args.resume, register=args.register, log=_say)
     if not result.primary:  # an extra DDP process: the primary one reports
         return 0
     m = result.metrics
@@ -165,9 +176,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set or [])
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     with torch_threads(config.trainer.num_threads):
-        evaluation = compare(
-            config, names, baseline=args.baseline, log=lambda s: print(s, flush=True), part=args.part
-        )
+        evaluation = compare(config, names, baseline=args.baseline, log=_say, part=args.part)
     print(f"\nscored on the {'validation' if args.part == 'val' else 'test'} part")
     print(format_summary(evaluation))
     mlflow.set_tracking_uri(tracking_uri())
@@ -195,22 +204,25 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     import time
 
     from harmony.backtest import load_backtest_config, run_config
-    from harmony.report import publish
+    from harmony.report import headline_tables, publish
 
     t0 = time.perf_counter()
     config = load_backtest_config(args.config, args.set or [])
-    run = run_config(config, log=lambda s: print(s, flush=True))
-    published = publish(run, log=lambda s: print(s, flush=True))
+    run = run_config(config, log=_say)
+    published = publish(run, log=_say)
     print()
-    print(published.table)
+    print(headline_tables(run.result))
     print()
     print(f"report     {published.files.html}")
+    if published.files.text is not None:
+        print(f"all tables {published.files.text}  (per service, hindsight, every setting replayed)")
     for name, path in published.files.plots.items():
         print(f"plot       {name}: {path}")
     tables = "validated, per_service, hindsight, summary, per_run .csv"
     print(f"tables     {published.output_dir / 'tables'}  ({tables})")
-    print(f"run        {published.run_id}  (browse: mlflow ui --backend-store-uri {published.tracking_uri})")
+    print(f"run        {published.run_id}")
     print(f"time       {time.perf_counter() - t0:.1f} s")
+    print(f"browse     mlflow ui --backend-store-uri {published.tracking_uri}")
     return 0
 
 
@@ -374,8 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from harmony.output import quiet_third_party
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_third_party()
     try:
         return int(args.func(args))
     except DataError as exc:

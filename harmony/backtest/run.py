@@ -23,6 +23,7 @@ from harmony.backtest.config import (
     card_of,
 )
 from harmony.backtest.frontier import cost_bound, headline, hindsight_table, validated_table
+from harmony.backtest.progress import track
 from harmony.backtest.replay import (
     BacktestError,
     Draws,
@@ -201,13 +202,16 @@ def run_backtest(
         forecaster, trace, val, settings, enabled, window, VAL_SEED_OFFSET, say, seconds, classical
     )
     ev_val = Evaluator(val, val_draws, settings)
+    progress = track(ev_val, "validation", enabled, settings, say)
     t0 = time.perf_counter()
     tuned = {policy: tune(ev_val, policy, log=say) for policy in enabled}
     seconds["tune_val"] = time.perf_counter() - t0
+    progress.finish()
 
     # 2. The test part: the chosen knobs, then each policy's primary sweep at its chosen secondary knobs.
     test_draws = _forecasts(forecaster, trace, test, settings, enabled, window, 0, say, seconds, classical)
     ev_test = Evaluator(test, test_draws, settings, keep_capacity=True)
+    progress = track(ev_test, "test", enabled, settings, say)
     t0 = time.perf_counter()
     at_test: dict[tuple[str, str], dict[str, Any]] = {}
     for policy, by in tuned.items():
@@ -219,6 +223,7 @@ def run_backtest(
             for value in space.ordered():
                 ev_test.run(Knobs(policy, float(value), secondary))
     seconds["replay_test"] = time.perf_counter() - t0
+    progress.finish()
     say(f"test: {len(ev_test.rows)} settings replayed in {seconds['replay_test']:.1f} s")
 
     target = settings.target_violation_rate
