@@ -6,10 +6,12 @@ for Parquet the first record is row 1.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import gzip
 import io
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from harmony.data.errors import DataError
-from harmony.data.spec import IndicatorSpec
+from harmony.data.spec import IndicatorSpec, Kind
 
 _DELIMITERS = [",", ";", "\t", "|"]
 _TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
@@ -52,7 +54,9 @@ def sniff_delimiter(header: str) -> str:
 def _listing(rows: np.ndarray, values: Sequence[object] | None = None) -> str:
     shown = [str(int(r)) for r in rows[:_MAX_LISTED]]
     if values is not None:
-        shown = [f"{r} ({v!r})" for r, v in zip(shown, values, strict=False)]
+        # Plain Python values: numpy scalars' repr would print np.float64(-5.0).
+        plain = [v.item() if isinstance(v, np.generic) else v for v in values]
+        shown = [f"{r} ({v!r})" for r, v in zip(shown, plain, strict=False)]
     more = f" and {len(rows) - _MAX_LISTED} more" if len(rows) > _MAX_LISTED else ""
     return ", ".join(shown) + more
 
@@ -89,14 +93,21 @@ def _read_frame(path: Path, delimiter: str | None) -> tuple[pd.DataFrame, int]:
             row=1,
         )
     try:
-        frame = pd.read_csv(
-            path,
-            sep=delimiter,
-            skipinitialspace=True,
-            skip_blank_lines=False,
-            low_memory=False,
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile) as exc:
+        with warnings.catch_warnings():
+            # More fields in the rows than in the header: pandas would quietly take the first column as the
+            # index and shift every name by one (index_col=False turns that into this warning).
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                path,
+                sep=delimiter,
+                skipinitialspace=True,
+                skip_blank_lines=False,
+                low_memory=False,
+                index_col=False,
+            )
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+        raise DataError(_parser_message(exc, path, delimiter, header), path=path) from None
+    except (UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile) as exc:
         raise DataError(f"cannot parse as {delimiter!r}-separated text: {exc}", path=path) from None
     except pd.errors.EmptyDataError:
         raise DataError("file has no columns; expected a header row", path=path) from None
@@ -106,6 +117,40 @@ def _read_frame(path: Path, delimiter: str | None) -> tuple[pd.DataFrame, int]:
             f"only one column {frame.columns[0]!r} with delimiter {delimiter!r}: wrong delimiter?", path=path
         )
     return frame, 2
+
+
+_DECIMAL_COMMA = re.compile(r"\d,\d")
+
+
+def _ragged_row(path: Path, delimiter: str) -> tuple[int, int, int] | None:
+    """(row, its field count, the header's) of the first row whose field count differs from the header's."""
+    with open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=True)
+        width = None
+        for k, fields in enumerate(reader, start=1):
+            if width is None:
+                width = len(fields)
+            elif fields and len(fields) != width:
+                return k, len(fields), width
+    return None
+
+
+def _parser_message(exc: Exception, path: Path, delimiter: str, header: str) -> str:
+    """pandas' tokenizer error as a row, its field count and the likely cause."""
+    found = _ragged_row(path, delimiter)
+    if found is None:
+        return f"cannot parse as {delimiter!r}-separated text: {exc}"
+    line, saw, expected = found
+    msg = (
+        f"row {line} has {saw} fields but the header has {expected}; expected one value per column, "
+        f"separated by {delimiter!r}"
+    )
+    if delimiter == "," and _DECIMAL_COMMA.search(header) is None:
+        msg += (
+            " (an unquoted decimal comma such as 1,5 splits a value in two: write decimal points, quote "
+            "such values, or separate the columns with ';' and pass --delimiter ';')"
+        )
+    return msg
 
 
 def _parse_timestamps(
@@ -177,8 +222,10 @@ def read_table(
     series_column: str | None = None,
     delimiter: str | None = None,
     timezone: str = "UTC",
+    notes: list[str] | None = None,
 ) -> dict[str, TableSeries]:
-    """Read and validate a table; raise one DataError listing every problem found."""
+    """Read and validate a table; raise one DataError listing every problem found. Findings that do not
+    stop the load (negative demand in a gauge, an indicator mostly empty) are appended to `notes`."""
     p = Path(path)
     frame, first_row = _read_frame(p, delimiter)
     if len(frame) == 0:
@@ -212,9 +259,12 @@ def read_table(
                 text.isna() | (text == "") | text.str.lower().isin(["nan", "na"])
             )
             if bad.any():
+                shown = list(text[bad].iloc[:_MAX_LISTED])
+                comma = any(_DECIMAL_COMMA.fullmatch(str(v).lstrip("-")) for v in shown)
                 problems.append(
                     f"column {spec.source_column!r}: not a number at row(s) "
-                    f"{_listing(rows[bad], list(text[bad].iloc[:_MAX_LISTED]))}; expected a decimal number"
+                    f"{_listing(rows[bad], shown)}; expected a decimal number"
+                    + (" with a decimal point (1.5, not 1,5)" if comma else "")
                 )
         inf = np.isinf(col)
         if inf.any():
@@ -230,6 +280,25 @@ def read_table(
                     f"{_listing(rows[neg], list(col[neg][:_MAX_LISTED]))}; a counter is a cumulative total "
                     ">= 0 (declare it a gauge if it is not cumulative)"
                 )
+        present = ~np.isnan(col)
+        if not present.any():
+            problems.append(
+                f"column {spec.source_column!r}: empty in every row; expected numbers (is it the right "
+                "column? leave the indicator out if the export has no values for it)"
+            )
+        elif notes is not None and present.mean() < 0.5:
+            notes.append(
+                f"column {spec.source_column!r} is empty in {int((~present).sum()):,} of "
+                f"{present.size:,} rows"
+            )
+        if spec.kind is Kind.DEMAND and not spec.is_counter and notes is not None:
+            neg = col < 0
+            if neg.any():
+                notes.append(
+                    f"demand {spec.name!r} (column {spec.source_column!r}) is negative in {int(neg.sum()):,} "
+                    f"row(s), e.g. row(s) {_listing(rows[neg], list(col[neg][:_MAX_LISTED]))}; a demand "
+                    "below 0 needs no replica and is scored as 0: check the export"
+                )
         values[:, j] = col
 
     if series_column:
@@ -239,6 +308,8 @@ def read_table(
             problems.append(f"column {series_column!r}: series id is empty at row(s) {_listing(rows[empty])}")
         ids = sid.fillna("").to_numpy(dtype=object)
     else:
+        used = [timestamp_column, *(s.source_column for s in indicators)]
+        _check_one_series(frame, ts, rows, used, problems)
         ids = np.full(len(frame), p.name.split(".")[0], dtype=object)
 
     if problems:
@@ -252,6 +323,42 @@ def read_table(
         sel = order[bounds[k] : bounds[k + 1]]
         out[str(name)] = TableSeries(ts[sel], values[sel], rows[sel])
     return out
+
+
+def _check_one_series(
+    frame: pd.DataFrame, ts: np.ndarray, rows: np.ndarray, used: Sequence[str], problems: list[str]
+) -> None:
+    """Without a series column every row belongs to one series, and rows sharing a timestamp are merged
+    (averaged). That is right for a repeated sample, and wrong when the rows are several series (pods, VMs)
+    in one file: then a text column that differs between rows of the same timestamp names them, or, with no
+    such column, many rows repeat their timestamp."""
+    dup = pd.Series(ts).duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return
+    shared = int(dup.sum())
+    for name in frame.columns:
+        if name in used or pd.api.types.is_numeric_dtype(frame[name].dtype):
+            continue
+        labels = frame[name].astype("string").str.strip()
+        per_time = pd.DataFrame({"t": ts[dup], "v": labels[dup].to_numpy()}).dropna()
+        varying = per_time.groupby("t")["v"].nunique()
+        if (varying > 1).any():
+            first = int(varying.index[varying.to_numpy() > 1][0])
+            example = rows[dup][ts[dup] == first][:2]
+            problems.append(
+                f"{shared:,} rows share their timestamp with another row, and column {name!r} tells them "
+                f"apart ({labels.nunique()} distinct values; e.g. rows {int(example[0])} and "
+                f"{int(example[1])}): it looks like it names the series. Pass --series-column {name} "
+                "(or options.series_column in a card); without one every row is taken as the same series "
+                "and rows of the same timestamp are averaged"
+            )
+            return
+    if shared > 0.1 * len(ts):
+        problems.append(
+            f"{shared:,} of {len(ts):,} rows share their timestamp with another row: several series in one "
+            "file? Name the column that tells them apart with --series-column; without one, rows of the "
+            "same timestamp are averaged"
+        )
 
 
 def infer_frequency(series: dict[str, TableSeries]) -> pd.Timedelta:

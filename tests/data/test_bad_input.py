@@ -254,3 +254,81 @@ def test_any_junk_cell_is_named(tmp_path: Path, rows: list[list[str]], row: int,
     assert f"column 'container_memory_rss': not a number at row(s) {row + 1} ({junk.strip()!r})" in str(
         err.value
     )
+
+
+# --- frictions met on unseen traces (issue 20) ---------------------------------------------------------------
+
+
+def _two_containers(data_root: Path, label: bool) -> list[list[str]]:
+    """The first 30 rows of the real container1.csv and container2.csv in one file (the same timestamps),
+    with a `container` column naming each row's container when `label`."""
+    out: list[list[str]] = []
+    for name in ("container1", "container2"):
+        with open(data_root / "fisher_containers" / f"{name}.csv", newline="") as fh:
+            got = list(csv.reader(fh))[:31]
+        if not out:
+            out.append([*got[0], "container"] if label else got[0])
+        out.extend([*r, name] if label else r for r in got[1:])
+    return out
+
+
+def test_several_series_without_a_series_column_is_an_error(tmp_path: Path, data_root: Path) -> None:
+    path = write(tmp_path / "two.csv", _two_containers(data_root, label=True))
+    with pytest.raises(DataError) as err:
+        check(path)
+    msg = str(err.value)
+    assert "60 rows share their timestamp with another row" in msg
+    assert "column 'container' tells them apart (2 distinct values; e.g. rows 2 and 32)" in msg
+    assert "Pass --series-column container" in msg
+    trace = check(path, series_column="container")
+    assert trace.series_ids == ["container1", "container2"] and len(trace["container2"]) == 30
+    unlabelled = write(tmp_path / "bare.csv", _two_containers(data_root, label=False))
+    with pytest.raises(DataError, match=r"60 of 60 rows share their timestamp .* --series-column"):
+        check(unlabelled)
+
+
+def test_an_empty_indicator_is_an_error(tmp_path: Path, rows: list[list[str]]) -> None:
+    c = col(rows, "container_memory_rss")
+    for r in rows[1:]:
+        r[c] = ""
+    with pytest.raises(
+        DataError, match=r"column 'container_memory_rss': empty in every row; expected numbers"
+    ):
+        check(write(tmp_path / "empty.csv", rows), LOAD, MEM)
+
+
+def test_negative_demand_in_a_gauge_is_a_warning(tmp_path: Path, rows: list[list[str]]) -> None:
+    busy = parse_indicator_arg("cpu:%:1:demand:capacity=70:column=cpu.busy")
+    rows[5][col(rows, "cpu.busy")] = "-5"
+    trace = check(write(tmp_path / "neg.csv", rows), busy)
+    assert len(trace.notes) == 1
+    assert "demand 'cpu' (column 'cpu.busy') is negative in 1 row(s), e.g. row(s) 6 (-5.0)" in trace.notes[0]
+
+
+def test_negative_counter_message_prints_plain_numbers(tmp_path: Path, rows: list[list[str]]) -> None:
+    rows[10][col(rows, "container_cpu_usage_seconds_total")] = "-5"
+    with pytest.raises(DataError) as err:
+        check(write(tmp_path / "neg.csv", rows), LOAD, CPU)
+    assert "row(s) 11 (-5.0)" in str(err.value) and "np.float64" not in str(err.value)
+
+
+def test_decimal_comma(tmp_path: Path, rows: list[list[str]]) -> None:
+    c = col(rows, "load")
+    unquoted = tmp_path / "comma.csv"
+    lines = [",".join(rows[0])] + [
+        ",".join(v.replace(".", ",") if k == c else v for k, v in enumerate(r)) for r in rows[1:]
+    ]
+    unquoted.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        check(unquoted)
+    msg = str(err.value)
+    assert "row 2 has 13 fields but the header has 12" in msg and "unquoted decimal comma" in msg
+    semi = write(
+        tmp_path / "semi.csv",
+        [[v.replace(".", ",") if k == c else v for k, v in enumerate(r)] for r in rows],
+        ";",
+    )
+    with pytest.raises(
+        DataError, match=r"not a number at row\(s\) 2 \('1,88'\).*decimal point \(1\.5, not 1,5\)"
+    ):
+        check(semi)

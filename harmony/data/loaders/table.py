@@ -33,6 +33,7 @@ def load_table(
     p = Path(path)
     if not any(s.kind is Kind.DEMAND for s in indicators):
         raise CardError("declare at least one demand indicator (kind 'demand' with a capacity per replica)")
+    notes: list[str] = []
     raw = read_table(
         p,
         timestamp_column=timestamp_column,
@@ -40,6 +41,7 @@ def load_table(
         series_column=series_column,
         delimiter=delimiter,
         timezone=timezone,
+        notes=notes,
     )
     ids = select_ids(raw, series, name or p.stem)
     raw = {k: raw[k] for k in ids}
@@ -57,7 +59,7 @@ def load_table(
         cleaning=cleaning or CleaningRules(),
         options={"path": str(p), "timestamp_column": timestamp_column, "series_column": series_column},
     )
-    return assemble(card, raw, {k: str(p) for k in raw})
+    return assemble(card, raw, {k: str(p) for k in raw}, notes=notes)
 
 
 @register_loader("table")
