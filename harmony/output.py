@@ -124,8 +124,8 @@ class Progress:
             head += f" ({100 * self.done / self.total:.0f}%)"
         head += f", {duration(elapsed)} elapsed"
         if eta and 0 < self.done < self.total:
-            eta = elapsed / self.done * (self.total - self.done)
-            head += f", ETA {'at most ' if self.bounded else ''}{duration(eta)}"
+            left = elapsed / self.done * (self.total - self.done)
+            head += f", ETA {'at most ' if self.bounded else ''}{duration(left)}"
         return head + (f"; {note}" if note else "")
 
     def advance(self, steps: int = 1, note: str = "") -> None:

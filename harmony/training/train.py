@@ -50,7 +50,7 @@ from harmony.data.catalog import get_card, load
 from harmony.data.errors import DataError
 from harmony.data.spec import DatasetCard, load_card
 from harmony.data.trace import Trace
-from harmony.data.windows import Split, WindowDataset, WindowSpec, chronological_split
+from harmony.data.windows import Part, Split, WindowDataset, WindowSpec, chronological_split
 from harmony.metrics import (
     coverage_key,
     crps_samples,
@@ -295,12 +295,14 @@ def evaluate(
     num_samples: int,
     max_windows_per_series: int,
     seed: int,
+    part: Part = "test",
 ) -> Evaluation:
     """Score `num_samples` draws per test window, at most `max_windows_per_series` windows per series
-    chosen evenly over its test part (a bounded, deterministic cost)."""
+    chosen evenly over its test part (a bounded, deterministic cost); `part="val"` scores the validation
+    part instead."""
     spec = forecaster.spec
     tidx = spec.target_index
-    windows = collect_windows(trace, split, spec, max_windows_per_series)
+    windows = collect_windows(trace, split, spec, max_windows_per_series, part)
     per_day = max(1, round(86_400 / spec.frequency_s))
     # Seasonal MASE needs a full day inside the lookback; otherwise the one-step naive scale.
     season = per_day if spec.lookback > per_day else 1
@@ -369,7 +371,7 @@ def evaluate(
                 f"{num_samples} draws"
             )
     if not series_rows:
-        raise TrainError("no test windows to evaluate")
+        raise TrainError(f"no {part} windows to evaluate")
     per_series = pd.DataFrame(series_rows)
     per_series["series"] = [windows.series[int(k)] for k in per_series["series"]]
     metrics = _mean_over(
