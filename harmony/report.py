@@ -205,10 +205,15 @@ def advice_text(result: BacktestResult) -> str:
             if t is None or t.met or policy == "oracle":
                 continue
             rate = t.val["violation_rate" if criterion == "total" else "worst_violation_rate"]
+            consequence = (
+                "its cost is that of a higher rate than the target"
+                if policy in ("harmony", "quantile")
+                else "the ratios against it (vs_hpa for the HPA, vs_best when it is the best baseline) "
+                "compare with a policy that violates more"
+            )
             lines.append(
                 f"{policy}: no setting met {target} {what} on the validation part (the safest reached "
-                f"{_pct(rate)}%); its ratios (vs_{'hpa' if policy == 'hpa' else 'best'}) compare with a "
-                f"policy that violates more. Widen its sweep: {_WIDEN.get(policy, 'more values')} in "
+                f"{_pct(rate)}%): {consequence}. Widen its sweep: {_WIDEN.get(policy, 'more values')} in "
                 f"policies.{policy}"
             )
     runs = result.per_run

@@ -90,7 +90,10 @@ def test_show_resampled_events(data_root: Path) -> None:
 
 def test_show_unknown_names(data_root: Path) -> None:
     out = run("datasets", "show", "fisher", "--data-dir", str(data_root))
-    assert out.returncode == 2 and "unknown dataset 'fisher'; known datasets:" in out.stderr
+    assert out.returncode == 2 and "unknown dataset 'fisher': no card " in out.stderr
+    assert "datasets/fisher.yaml; known datasets: " in out.stderr  # where it looked
+    out = run("datasets", "show", "nowhere/mine.yaml", "--data-dir", str(data_root))
+    assert out.returncode == 2 and "dataset card not found (looked for /" in out.stderr
     out = run("datasets", "show", "fisher_containers", "--series", "c42", "--data-dir", str(data_root))
     assert out.returncode == 2 and "has no series ['c42']" in out.stderr
     assert "Traceback" not in out.stderr

@@ -59,7 +59,10 @@ def get_card(name: str) -> DatasetCard:
     path = cards_dir() / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in cards_dir().glob("*.yaml"))
-        raise CardError(f"unknown dataset {name!r}; known datasets: {', '.join(known)}")
+        raise CardError(
+            f"unknown dataset {name!r}: no card {path}; known datasets: {', '.join(known)} (a card of "
+            "your own: give its path, e.g. my_service.yaml)"
+        )
     card = load_card(path)
     if card.name != name:
         raise CardError(f"card declares name {card.name!r} but its file is named {name!r}", path=path)

@@ -208,6 +208,18 @@ def _parse_timestamps(
     return out
 
 
+def _written_offset(raw: pd.Series) -> str:
+    """The UTC offset the first timestamp is written with ("+02:00"), or "UTC" (none, Z, or epoch numbers)."""
+    if pd.api.types.is_numeric_dtype(raw.dtype) or pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        return "UTC"
+    text = raw.dropna().astype(str).str.strip()
+    found = _TZ_SUFFIX.search(text.iloc[0]) if len(text) else None
+    if found is None or found.group(0) == "Z":
+        return "UTC"
+    off = found.group(0).replace(":", "")
+    return "UTC" if off in ("+0000", "-0000") else f"{off[:3]}:{off[3:]}"
+
+
 def suggest_column(missing: str, available: Sequence[str]) -> str:
     """' (did you mean 'x'?)' for the closest available column name, or '' when none is close."""
     close = difflib.get_close_matches(missing, list(available), n=1, cutoff=0.6)
@@ -223,9 +235,12 @@ def read_table(
     delimiter: str | None = None,
     timezone: str = "UTC",
     notes: list[str] | None = None,
+    meta: dict[str, str] | None = None,
 ) -> dict[str, TableSeries]:
     """Read and validate a table; raise one DataError listing every problem found. Findings that do not
-    stop the load (negative demand in a gauge, an indicator mostly empty) are appended to `notes`."""
+    stop the load (negative demand in a gauge, an indicator mostly empty) are appended to `notes`;
+    `meta["display_timezone"]` gets the zone the file's times were written in (its --timezone, or the UTC
+    offset its timestamps carry), for plots in the data's own local time."""
     p = Path(path)
     frame, first_row = _read_frame(p, delimiter)
     if len(frame) == 0:
@@ -245,6 +260,8 @@ def read_table(
     rows = np.arange(len(frame)) + first_row
 
     ts = _parse_timestamps(frame[timestamp_column], p, first_row, timezone, problems)
+    if meta is not None:
+        meta["display_timezone"] = timezone if timezone != "UTC" else _written_offset(frame[timestamp_column])
 
     values = np.empty((len(frame), len(indicators)), dtype=np.float64)
     for j, spec in enumerate(indicators):
@@ -361,8 +378,15 @@ def _check_one_series(
         )
 
 
-def infer_frequency(series: dict[str, TableSeries]) -> pd.Timedelta:
-    """Median positive step across all series, rounded to the second."""
+# Steps a monitoring system samples at: an inferred median step within STEP_SNAP of one of them is taken
+# as that step (timestamps jitter around their schedule; a 301 s grid would drift off every 5-min point).
+STANDARD_STEPS_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 21600)
+STEP_SNAP = 0.05
+
+
+def infer_frequency(series: dict[str, TableSeries], notes: list[str] | None = None) -> pd.Timedelta:
+    """The median positive step across all series, rounded to the second, or the standard step it is within
+    5% of (said in `notes`, with the spread of the steps, so that the choice is never silent)."""
     steps = []
     for s in series.values():
         d = np.diff(np.sort(s.timestamps_ns))
@@ -370,7 +394,27 @@ def infer_frequency(series: dict[str, TableSeries]) -> pd.Timedelta:
     all_steps = np.concatenate(steps) if steps else np.array([])
     if all_steps.size == 0:
         raise DataError("cannot infer the sampling step from fewer than two distinct timestamps; pass --freq")
-    return pd.Timedelta(seconds=max(1, round(float(np.median(all_steps)) / 1e9)))
+    median_s = float(np.median(all_steps)) / 1e9
+    near = min(STANDARD_STEPS_S, key=lambda std: abs(std - median_s))
+    if abs(near - median_s) <= STEP_SNAP * near:
+        step = pd.Timedelta(seconds=near)
+        lo, hi = (float(v) / 1e9 for v in np.quantile(all_steps, [0.05, 0.95]))
+        if median_s != near and notes is not None:  # jittered: say so; an exact schedule needs no word
+            notes.append(
+                f"sampling step taken as {_step_text(near)}: the median step between rows is "
+                f"{median_s:.4g} s (5-95% of steps {lo:.4g}..{hi:.4g} s); each row goes to its nearest "
+                "grid point. Pass --freq (frequency: in a card) for another step"
+            )
+        return step
+    return pd.Timedelta(seconds=max(1, round(median_s)))
+
+
+def _step_text(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}min"
+    return f"{seconds}s"
 
 
 def open_text(path: Path) -> io.TextIOBase:

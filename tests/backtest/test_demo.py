@@ -3,13 +3,15 @@ trains (`make demo-model` regenerates it), and it still gives the committed back
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from harmony.backtest import load_backtest_config, run_config
+from harmony.backtest import ConfigRun, load_backtest_config, run_config
 from harmony.model.base import Forecaster
+from harmony.report import advice_text, headline_tables
 from harmony.training.config import load_config
 from harmony.training.train import build_forecaster, load_data
 
@@ -37,13 +39,16 @@ def test_the_committed_forecaster_is_small_and_is_what_its_config_trains(data_ro
     )
 
 
-def test_the_committed_forecaster_gives_the_committed_figures(data_root: Path) -> None:
-    """Two containers, 144 test steps, HARMONY against two HPA settings: the validated costs (known answers
-    recorded when the model was committed; they change only with the model or the decision code)."""
+@pytest.fixture(scope="module")
+def small_run(data_root: Path) -> ConfigRun:
+    """Two containers, 144 test steps, HARMONY against two HPA settings and an EHPA that cannot meet 1%."""
     sets = [
         "data.series=[container1, container2]",
         "backtest.max_steps=144",
-        *(f"policies.{p}=null" for p in ("quantile", "point", "ehpa", "arima", "ets", "static")),
+        *(f"policies.{p}=null" for p in ("quantile", "point", "arima", "ets", "static")),
+        "policies.ehpa.target_utilization=[0.95]",
+        "policies.ehpa.scale_down_window_s=[0]",
+        "policies.ehpa.scale_down_rate=[100%/15s]",
         "policies.harmony.max_violation_probability=[0.05, 0.01]",
         "policies.harmony.scale_down_window_s=[0]",
         "policies.hpa.target_utilization=[0.5, 0.7]",
@@ -51,7 +56,13 @@ def test_the_committed_forecaster_gives_the_committed_figures(data_root: Path) -
         "policies.hpa.scale_down_rate=[100%/15s]",
         "tuning.refine=0",
     ]
-    run = run_config(load_backtest_config(DEMO, sets))
+    return run_config(load_backtest_config(DEMO, sets))
+
+
+def test_the_committed_forecaster_gives_the_committed_figures(small_run: ConfigRun) -> None:
+    """The validated costs: known answers recorded when the model was committed; they change only with the
+    model or the decision code."""
+    run = small_run
     assert run.forecaster_source.startswith("harmony from ") and run.forecaster_source.endswith(
         "models/fisher_demo"
     )
@@ -60,3 +71,52 @@ def test_the_committed_forecaster_gives_the_committed_figures(data_root: Path) -
     assert got.loc[("total", "harmony"), "cost"] == pytest.approx(238.16666666666666, rel=1e-9)
     assert got.loc[("total", "hpa"), "cost"] == pytest.approx(306.5, rel=1e-9)
     assert got.loc[("total", "oracle"), "cost"] == pytest.approx(133.33333333333331, rel=1e-9)
+
+
+def test_the_output_flags_a_sweep_that_never_met_the_target(small_run: ConfigRun) -> None:
+    result = small_run.result
+    advice = advice_text(result)
+    assert advice.startswith("ATTENTION\n")
+    assert (
+        "  - harmony: no setting met 1% in total on the validation part (the safest reached 1.389%): its cost "
+        "is that of a higher rate than the target. Widen its sweep: smaller max_violation_probability values "
+        "in policies.harmony\n"
+    ) in advice
+    assert (
+        "harmony: no setting met 1% for every series on the validation part (the safest reached 2.083%)"
+        in advice
+    )
+    assert "hpa: no setting met" not in advice and "harmony: the reactive fallback" not in advice
+    printed = headline_tables(result)
+    assert printed.index("VALIDATED:") < printed.index("ATTENTION") and "HINDSIGHT" not in printed
+
+
+def test_the_output_flags_harmony_deciding_by_its_fallback(small_run: ConfigRun) -> None:
+    """HARMONY's fallback share of its decisions (not of scored steps, which it can exceed) is flagged."""
+    result = small_run.result
+    runs = result.per_run.copy()
+    chosen = result.tuned["harmony"]["total"].knobs.text()
+    mine = (runs["policy"] == "harmony") & (runs["knobs"] == chosen)
+    runs.loc[mine, "fallbacks"] = runs.loc[mine, "decisions"] * 0.25
+    advice = advice_text(dataclasses.replace(result, per_run=runs))
+    decisions = int(runs.loc[mine, "decisions"].sum())
+    assert (
+        f"harmony: the reactive fallback decided {decisions // 4:,} of its {decisions:,} decisions (25.0%)"
+        in advice
+    )
+    assert "fallback_target_utilization and fallback_margin" in advice
+
+
+def test_the_output_flags_a_baseline_whose_sweep_never_met_the_target(small_run: ConfigRun) -> None:
+    result = small_run.result
+    tuned = {
+        **result.tuned,
+        "hpa": {c: dataclasses.replace(t, met=False) for c, t in result.tuned["hpa"].items()},
+    }
+    advice = advice_text(dataclasses.replace(result, tuned=tuned))
+    assert "hpa: no setting met 1% in total on the validation part" in advice
+    assert "the ratios against it (vs_hpa for the HPA" in advice
+    assert (
+        "Widen its sweep: lower target_utilization values and longer scale_down_window_s (up to 3600)"
+        in advice
+    )

@@ -7,6 +7,7 @@ import csv
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -332,3 +333,35 @@ def test_decimal_comma(tmp_path: Path, rows: list[list[str]]) -> None:
         DataError, match=r"not a number at row\(s\) 2 \('1,88'\).*decimal point \(1\.5, not 1,5\)"
     ):
         check(semi)
+
+
+def test_jittered_timestamps_keep_the_standard_step(tmp_path: Path, rows: list[list[str]]) -> None:
+    """Timestamps of the real 10-min export moved by up to +-40 s (as a scraper's are): the step inferred is
+    10 min, not the median's 601 s, it is said in a note, and every row lands on its own grid point."""
+    shifts = np.random.default_rng(0).integers(-40, 41, size=len(rows) - 1)
+    jittered = [rows[0]]
+    for r, shift in zip(rows[1:], shifts, strict=True):
+        t = pd.Timestamp(r[0]) + pd.Timedelta(seconds=int(shift))
+        jittered.append([t.strftime("%Y-%m-%d %H:%M:%S"), *r[1:]])
+    trace = check(write(tmp_path / "jit.csv", jittered))
+    assert trace.frequency == pd.Timedelta("10min")
+    (note,) = trace.notes
+    assert note.startswith("sampling step taken as 10min: the median step between rows is ")
+    rep = trace.reports["jit"]
+    assert rep.duplicates_merged == 0 and rep.gap_points == 0 and len(trace["jit"]) == 60
+    assert trace["jit"]["load"].tolist() == [float(r[1]) for r in rows[1:]]
+    clean = check(write(tmp_path / "clean.csv", rows))
+    assert clean.notes == ()  # an exact schedule needs no note
+
+
+def test_plots_show_the_zone_the_data_was_written_in(tmp_path: Path, rows: list[list[str]]) -> None:
+    from harmony.data.plot import display_zone, plot_series
+
+    local = check(write(tmp_path / "local.csv", rows), timezone="Europe/Amsterdam")
+    assert display_zone(local) == "Europe/Amsterdam"
+    offset = [rows[0]] + [[r[0].replace(" ", "T") + "+02:00", *r[1:]] for r in rows[1:]]
+    trace = check(write(tmp_path / "offset.csv", offset))
+    assert display_zone(trace) == "+02:00" and trace["offset"].index[0] == pd.Timestamp("2018-07-23 22:00Z")
+    assert display_zone(check(write(tmp_path / "utc.csv", rows))) == "UTC"
+    png = plot_series(trace, "offset", tmp_path / "offset.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

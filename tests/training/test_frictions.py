@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harmony.training.config import load_config
+from harmony.training.config import ConfigError, load_config
 from harmony.training.train import STATE_FILE, TrainError, load_data, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,3 +128,11 @@ def test_train_prints_epoch_progress_and_no_third_party_chatter(tmp_path: Path, 
     ):
         assert noise not in everything, noise
     assert "LeafSpec" not in everything and "deprecated" not in everything
+
+
+def test_card_not_found_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(FISHER, ["data.dataset=cards/mine.yaml"])
+    msg = str(err.value)
+    assert f"dataset card not found; looked for {Path.cwd() / 'cards' / 'mine.yaml'} and " in msg
+    assert f"{ROOT / 'configs' / 'cards' / 'mine.yaml'}" in msg

@@ -34,6 +34,7 @@ def load_table(
     if not any(s.kind is Kind.DEMAND for s in indicators):
         raise CardError("declare at least one demand indicator (kind 'demand' with a capacity per replica)")
     notes: list[str] = []
+    meta: dict[str, str] = {}
     raw = read_table(
         p,
         timestamp_column=timestamp_column,
@@ -42,10 +43,11 @@ def load_table(
         delimiter=delimiter,
         timezone=timezone,
         notes=notes,
+        meta=meta,
     )
     ids = select_ids(raw, series, name or p.stem)
     raw = {k: raw[k] for k in ids}
-    freq = frequency or infer_frequency(raw)
+    freq = frequency or infer_frequency(raw, notes)
     card = DatasetCard(
         name=name or p.stem,
         title=f"user table {p.name}",
@@ -57,7 +59,12 @@ def load_table(
         citation=(),
         source=str(p),
         cleaning=cleaning or CleaningRules(),
-        options={"path": str(p), "timestamp_column": timestamp_column, "series_column": series_column},
+        options={
+            "path": str(p),
+            "timestamp_column": timestamp_column,
+            "series_column": series_column,
+            "display_timezone": meta.get("display_timezone", "UTC"),
+        },
     )
     return assemble(card, raw, {k: str(p) for k in raw}, notes=notes)
 
