@@ -228,7 +228,8 @@ def advice_text(result: BacktestResult) -> str:
                 "the steps without history enough for a forecast (after a gap) and, with "
                 "fallback_on_miscalibration, those where the forecasts proved miscalibrated beyond repair "
                 "at this eps (a tighter SLA then gives more violations, not fewer). Its count follows "
-                "fallback_target_utilization and fallback_margin (docs/decision.md, the fallback)"
+                "scaling.fallback_target_utilization and scaling.fallback_margin (docs/decision.md, the "
+                "fallback)"
             )
     if not lines:
         return ""

@@ -104,7 +104,7 @@ def test_the_output_flags_harmony_deciding_by_its_fallback(small_run: ConfigRun)
         f"harmony: the reactive fallback decided {decisions // 4:,} of its {decisions:,} decisions (25.0%)"
         in advice
     )
-    assert "fallback_target_utilization and fallback_margin" in advice
+    assert "scaling.fallback_target_utilization and scaling.fallback_margin" in advice
 
 
 def test_the_output_flags_a_baseline_whose_sweep_never_met_the_target(small_run: ConfigRun) -> None:
