@@ -23,6 +23,7 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, redirect_stderr, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -787,7 +788,9 @@ def _run(
         client.set_tag(run_id, "harmony.pyfunc_model_uri", model_uri)
         registered = None
         if register is not None:
-            version = mlflow.register_model(model_uri, register)
+            # MLflow prints "Successfully registered ..." itself; the command says it once, with the URI.
+            with redirect_stderr(io.StringIO()):
+                version = mlflow.register_model(model_uri, register)
             registered = (register, str(version.version))
             client.set_tag(run_id, "harmony.registered_model", f"{register}/{version.version}")
     client.set_terminated(run_id, "FINISHED")
