@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harmony.backtest import ConfigRun, load_backtest_config, run_config
+from harmony.backtest import POLICY_ORDER, ConfigRun, load_backtest_config, run_config
 from harmony.model.base import Forecaster
 from harmony.report import advice_text, headline_tables
 from harmony.training.config import load_config
@@ -120,3 +120,17 @@ def test_the_output_flags_a_baseline_whose_sweep_never_met_the_target(small_run:
         "Widen its sweep: lower target_utilization values and longer scale_down_window_s (up to 3600)"
         in advice
     )
+
+
+def test_the_demo_replays_every_policy_and_searches_the_baselines_as_hard_as_harmony() -> None:
+    cfg = load_backtest_config(DEMO)
+    assert cfg.run_name == "demo" and set(cfg.policies.enabled()) == set(POLICY_ORDER)
+    assert cfg.sla.max_violation_probability == 0.01
+    harmony, hpa, ehpa = cfg.policies.harmony, cfg.policies.hpa, cfg.policies.ehpa
+    assert harmony is not None and hpa is not None and ehpa is not None
+    settings = len(harmony.max_violation_probability) * len(harmony.scale_down_window_s or [0])
+    for sweep in (hpa, ehpa):
+        windows = sweep.scale_down_window_s or [0]
+        rates = sweep.scale_down_rate or [None]
+        assert len(sweep.target_utilization) * len(windows) * len(rates) * len(sweep.tolerance) >= settings
+        assert max(windows) == 3600  # up to the HPA's limit
