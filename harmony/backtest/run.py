@@ -384,6 +384,7 @@ def run_config(cfg: BacktestConfig, *, log: Callable[[str], None] | None = None)
 
 def _run_config(cfg: BacktestConfig, say: Callable[[str], None]) -> ConfigRun:
     from harmony.data.catalog import load
+    from harmony.data.plot import display_zone
 
     t0 = time.perf_counter()
     d = cfg.train.data
@@ -435,6 +436,7 @@ def _run_config(cfg: BacktestConfig, say: Callable[[str], None]) -> ConfigRun:
             "lookback": str(forecaster.spec.lookback) if forecaster is not None else "-",
             "horizon": str(forecaster.spec.horizon) if forecaster is not None else "-",
             "model_lead_time": str(model_lead),
+            "display_timezone": display_zone(trace),
         }
     )
     if model_run:

@@ -24,7 +24,7 @@ def display_zone(trace: Trace) -> str:
     return str(zone) if zone else "UTC"
 
 
-def _tz(zone: str) -> str | dt.tzinfo:
+def tzinfo(zone: str) -> str | dt.tzinfo:
     """A zone name, or a fixed offset such as +02:00."""
     if zone[:1] in "+-" and len(zone) == 6:
         sign = 1 if zone[0] == "+" else -1
@@ -37,7 +37,7 @@ def plot_series(trace: Trace, series: str, out: str | Path, *, max_points: int =
     shown in the zone the data was written in (`display_zone`)."""
     zone = display_zone(trace)
     frame = trace[series]
-    frame = frame.set_axis(pd.DatetimeIndex(frame.index).tz_convert(_tz(zone)))
+    frame = frame.set_axis(pd.DatetimeIndex(frame.index).tz_convert(tzinfo(zone)))
     if len(frame) > max_points:  # keep the file small; a line plot cannot show more anyway
         frame = frame.iloc[:: -(-len(frame) // max_points)]
     n = len(trace.indicators)
@@ -61,7 +61,7 @@ def plot_series(trace: Trace, series: str, out: str | Path, *, max_points: int =
     label = f"UTC{zone}" if zone[:1] in "+-" else zone
     axes[-1, 0].set_xlabel(f"time ({label})", fontsize=8)
     # matplotlib writes dates in UTC unless the formatter is given the zone.
-    formatter = mdates.DateFormatter("%m-%d %H:%M", tz=_tz(zone))  # type: ignore[no-untyped-call]
+    formatter = mdates.DateFormatter("%m-%d %H:%M", tz=tzinfo(zone))  # type: ignore[no-untyped-call]
     axes[-1, 0].xaxis.set_major_formatter(formatter)
     fig.suptitle(f"{trace.name} / {series}  (step {trace.frequency})", fontsize=10)
     fig.tight_layout()

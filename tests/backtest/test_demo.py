@@ -134,3 +134,13 @@ def test_the_demo_replays_every_policy_and_searches_the_baselines_as_hard_as_har
         rates = sweep.scale_down_rate or [None]
         assert len(sweep.target_utilization) * len(windows) * len(rates) * len(sweep.tolerance) >= settings
         assert max(windows) == 3600  # up to the HPA's limit
+
+
+def test_the_capacity_chart_is_drawn_in_the_datas_zone(small_run: ConfigRun, tmp_path: Path) -> None:
+    from harmony.backtest_charts import capacity_chart
+
+    result = small_run.result
+    assert result.info["display_timezone"] == "UTC"  # the Fisher card's timestamps carry no zone
+    shifted = dataclasses.replace(result, info={**result.info, "display_timezone": "+02:00"})
+    png = capacity_chart(shifted, tmp_path / "capacity.png", "container1")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

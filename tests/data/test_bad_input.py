@@ -365,3 +365,18 @@ def test_plots_show_the_zone_the_data_was_written_in(tmp_path: Path, rows: list[
     assert display_zone(check(write(tmp_path / "utc.csv", rows))) == "UTC"
     png = plot_series(trace, "offset", tmp_path / "offset.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_card_keeps_the_zone_its_file_was_written_in(tmp_path: Path, rows: list[list[str]]) -> None:
+    from harmony.data.plot import display_zone
+
+    offset = [rows[0]] + [[r[0].replace(" ", "T") + "-05:00", *r[1:]] for r in rows[1:]]
+    write(tmp_path / "offset.csv", offset)
+    card = tmp_path / "offset.yaml"
+    card.write_text(
+        f"name: offset\nloader: table\nfrequency: 10min\nlicense: own\nsource: a cut of Fisher\n"
+        f"directory: {tmp_path}\noptions: {{path: offset.csv, timestamp_column: date}}\n"
+        "indicators:\n  - {name: load, unit: u, level: 1, kind: demand, capacity_per_replica: 5}\n"
+    )
+    trace = load(str(card))
+    assert display_zone(trace) == "-05:00" and trace.card is not None and trace.card.name == "offset"

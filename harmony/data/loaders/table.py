@@ -3,6 +3,7 @@ column), described by a card with `loader: table` or by command-line indicator d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,5 +90,7 @@ def load_table_card(card: DatasetCard, root: Path, series: Sequence[str] | None)
         name=card.name,
         series=series,
     )
-    trace.card = card
+    # The card stays the trace's card, with the zone the file was written in (for plots).
+    zone = trace.card.options.get("display_timezone", "UTC") if trace.card is not None else "UTC"
+    trace.card = dataclasses.replace(card, options={**card.options, "display_timezone": zone})
     return trace
