@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import matplotlib.dates as mdates
 import numpy as np
 from matplotlib.figure import Figure
 
 from harmony.backtest import POLICY_ORDER, BacktestResult, lower_hull, short_knobs
+from harmony.data.plot import tzinfo
 from harmony.plots import save_png
 
 __all__ = ["COLORS", "capacity_chart", "curves_chart"]
@@ -46,7 +48,9 @@ def capacity_chart(result: BacktestResult, path: str | Path, series: str | None 
     if sid not in result.demand:
         raise ValueError(f"series {sid!r} was not replayed; replayed: {', '.join(result.series[:8])}")
     policies = [p for p in POLICY_ORDER if p in result.tuned]
-    times = result.times[sid]
+    # In the zone the data was written in (a user table's), UTC otherwise.
+    zone = result.info.get("display_timezone", "UTC")
+    times = result.times[sid].tz_convert(tzinfo(zone))
     need = _need(result.demand[sid], result.settings.capacities)
     fig = Figure(figsize=(11, 1.9 * len(policies) + 0.9))
     axes = fig.subplots(len(policies), 1, squeeze=False, sharex=True)[:, 0]
@@ -70,6 +74,9 @@ def capacity_chart(result: BacktestResult, path: str | Path, series: str | None 
         ax.set_ylabel("replicas", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper right", ncol=3)
+    axes[-1].set_xlabel(f"time ({f'UTC{zone}' if zone[:1] in '+-' else zone})", fontsize=8)
+    formatter = mdates.DateFormatter("%m-%d %H:%M", tz=tzinfo(zone))  # type: ignore[no-untyped-call]
+    axes[-1].xaxis.set_major_formatter(formatter)
     fig.suptitle(
         f"{result.dataset} / {sid}: demand vs capacity over the test part (validated knobs)", fontsize=11
     )

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from harmony import __version__
 from harmony.data.errors import DataError
+
+
+def _say(line: str) -> None:
+    """Progress and log lines: flushed at once, so that a log file follows the run."""
+    print(line, flush=True)
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -106,7 +113,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
         timezone=args.timezone,
         cleaning=cleaning,
     )
-    print(f"OK: {args.path} is usable.\n")
+    if trace.notes:
+        print(f"USABLE WITH {len(trace.notes)} WARNING(S): {args.path}")
+        for note in trace.notes:
+            print(f"  warning: {note}")
+        print()
+    else:
+        print(f"OK: {args.path} is usable.\n")
     print(overview(trace))
     print()
     print(render_table(trace.stats()))
@@ -120,7 +133,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from harmony.training.train import train
 
     config = load_config(args.config, args.set or [])
-    result = train(config, resume=args.resume, register=args.register)
+    result = train(config, resume=args.resume, register=args.register, log=_say)
     if not result.primary:  # an extra DDP process: the primary one reports
         return 0
     m = result.metrics
@@ -139,49 +152,77 @@ def _cmd_train(args: argparse.Namespace) -> int:
     fit = result.fit
     val = f"{fit.best_val_loss:.4f} at epoch {fit.best_epoch}" if fit.best_val_loss is not None else "-"
     print(f"fit        {fit.epochs} epochs in {fit.seconds:.1f}s, best val_loss {val}")
-    scores = ", ".join(
-        f"{k.removeprefix('test/')} {m[k]:.4g}"
-        for k in (
-            "test/crps",
-            "test/wql",
-            "test/mase",
-            "test/coverage_50",
-            "test/coverage_90",
-            "test/pit_coverage_90",
-        )
-        if k in m
-    )
-    print(f"test       {scores}")
+    print(f"test       {_scores_line(m, 'test/')}")
     return 0
+
+
+_SCORES = ("crps", "wql", "mase", "coverage_50", "coverage_90", "pit_coverage_90")
+
+
+def _scores_line(metrics: dict[str, float], prefix: str = "") -> str:
+    return ", ".join(f"{k} {metrics[prefix + k]:.4g}" for k in _SCORES if prefix + k in metrics)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import mlflow
 
-    from harmony.training.config import load_config
-    from harmony.training.evaluate import compare, format_summary
-    from harmony.training.train import torch_threads, tracking_uri
+    from harmony.training.config import config_from_dict, load_config
+    from harmony.training.evaluate import compare, format_summary, score_trained
+    from harmony.training.train import TrainError, torch_threads, tracking_uri
 
-    config = load_config(args.config, args.set or [])
     names = [n.strip() for n in args.models.split(",") if n.strip()]
+    trained = None
+    if args.model is not None:
+        from harmony.training.trained import load_trained
+
+        trained = load_trained(args.model)
+        if args.config is not None:
+            config = load_config(args.config, args.set or [])
+        elif trained.config is not None:
+            config = config_from_dict(trained.config, overrides=args.set or [])
+        else:
+            raise TrainError(
+                f"--model {args.model!r}: the configuration it was trained with is not recorded there; give "
+                "the training config with --config (its data section names the trace to score on)"
+            )
+    elif args.config is not None:
+        config = load_config(args.config, args.set or [])
+    else:
+        raise TrainError("give --config (train and compare --models) or --model (score a trained forecaster)")
+    part_words = "validation" if args.part == "val" else "test"
     with torch_threads(config.trainer.num_threads):
-        evaluation = compare(
-            config, names, baseline=args.baseline, log=lambda s: print(s, flush=True), part=args.part
-        )
-    print(f"\nscored on the {'validation' if args.part == 'val' else 'test'} part")
+        if trained is not None:
+            run_note = f", training run {trained.run_id}" if trained.run_id else ""
+            print(f"model      {trained.forecaster.name} from {trained.source}{run_note}", flush=True)
+            scored = score_trained(
+                config, trained.forecaster, baseline=args.baseline, part=args.part, log=_say
+            )
+            evaluation = scored.comparison
+            print(f"\n{part_words:<10} {_scores_line(scored.metrics)}  ({scored.windows} windows)")
+            print(
+                "           the training run's protocol: the same windows, draws and seed as its test scores"
+            )
+        else:
+            evaluation = compare(config, names, baseline=args.baseline, log=_say, part=args.part)
+    print(f"\nscored on the {part_words} part")
     print(format_summary(evaluation))
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(config.tracking.experiment)
-    with mlflow.start_run(run_name=f"evaluate-{config.data.dataset}") as run:
+    with mlflow.start_run(run_name=f"evaluate-{Path(config.data.dataset).stem}") as run:
         mlflow.log_params(
             {
-                "config": str(args.config),
-                "models": ",".join(names),
+                "config": str(args.config) if args.config else "",
+                "model_uri": args.model or "",
+                "models": ",".join(names) if trained is None else trained.forecaster.name,
                 "baseline": args.baseline,
                 "part": args.part,
                 "overrides": " ".join(args.set or []),
             }
         )
+        if trained is not None:
+            mlflow.log_metrics({f"{args.part}/{k}": v for k, v in scored.metrics.items() if v == v})
+            if trained.run_id:
+                mlflow.set_tag("harmony.model_run_id", trained.run_id)
         for model, row in evaluation.summary.iterrows():
             mlflow.log_metrics({f"{model}/{k}": float(v) for k, v in row.items() if v == v})
         mlflow.log_text(evaluation.summary.to_csv(), "evaluation/summary.csv")
@@ -195,22 +236,25 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     import time
 
     from harmony.backtest import load_backtest_config, run_config
-    from harmony.report import publish
+    from harmony.report import headline_tables, publish
 
     t0 = time.perf_counter()
     config = load_backtest_config(args.config, args.set or [])
-    run = run_config(config, log=lambda s: print(s, flush=True))
-    published = publish(run, log=lambda s: print(s, flush=True))
+    run = run_config(config, log=_say)
+    published = publish(run, log=_say)
     print()
-    print(published.table)
+    print(headline_tables(run.result))
     print()
     print(f"report     {published.files.html}")
+    if published.files.text is not None:
+        print(f"all tables {published.files.text}  (per service, hindsight, every setting replayed)")
     for name, path in published.files.plots.items():
         print(f"plot       {name}: {path}")
     tables = "validated, per_service, hindsight, summary, per_run .csv"
     print(f"tables     {published.output_dir / 'tables'}  ({tables})")
-    print(f"run        {published.run_id}  (browse: mlflow ui --backend-store-uri {published.tracking_uri})")
+    print(f"run        {published.run_id}")
     print(f"time       {time.perf_counter() - t0:.1f} s")
+    print(f"browse     mlflow ui --backend-store-uri {published.tracking_uri}")
     return 0
 
 
@@ -316,18 +360,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="train several models on a config's data and compare them on its test (or validation) split",
-        description="Train every listed model with the config's data, window geometry and training budget, "
-        "score each on the test split, or with --part val on the validation split (CRPS, weighted quantile "
-        "loss, MASE, energy score, interval coverage), "
-        "print the table relative to the baseline (geometric mean over series and targets) and log it to "
-        "MLflow.",
+        help="score a trained forecaster (--model), or train several models and compare them (--models)",
+        description="With --model: load a trained forecaster (a training folder, a run or a registered "
+        "model) and score it, without training, on the test split (or with --part val the validation "
+        "split) of the data it was trained on, by the training run's own protocol (the same numbers), and "
+        "against the baseline. Without: train every listed model with the config's data, window geometry "
+        "and training budget and score each. Metrics: CRPS, weighted quantile loss, MASE, energy score, "
+        "interval coverage; the table is relative to the baseline (geometric mean over series and targets) "
+        "and is logged to MLflow.",
+        epilog="Examples: harmony evaluate --model runs/fisher_containers;  harmony evaluate --model "
+        "models:/fisher-forecaster/1;  harmony evaluate --config configs/fisher_containers.yaml --models "
+        "harmony,flat,seasonal_naive --part val",
     )
-    p.add_argument("--config", required=True, metavar="CONFIG.yaml", help="a training config (configs/)")
+    p.add_argument(
+        "--model",
+        metavar="URI",
+        help="a trained forecaster: a training output folder (runs/NAME), its forecaster/ folder, a run id, "
+        "runs:/<run id>, or models:/<name>/<version>; scored without training",
+    )
+    p.add_argument(
+        "--config",
+        metavar="CONFIG.yaml",
+        help="a training config (configs/); with --model, optional: the model's recorded one by default",
+    )
     p.add_argument(
         "--models",
         default="harmony,gaussian,flat,deepar,seasonal_naive,harmony_ref",
-        help="comma-separated registered model names (default: all)",
+        help="without --model: comma-separated registered model names to train and compare (default: all)",
     )
     p.add_argument("--baseline", default="seasonal_naive", help="the model ratios are taken against")
     p.add_argument(
@@ -374,8 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from harmony.output import quiet_third_party
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_third_party()
     try:
         return int(args.func(args))
     except DataError as exc:
@@ -384,6 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

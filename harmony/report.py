@@ -175,6 +175,73 @@ def headline_text(result: BacktestResult, criterion: str = "total") -> str:
     )
 
 
+# How to widen a policy's sweep when none of its settings met the target on the validation part.
+_WIDEN = {
+    "harmony": "smaller max_violation_probability values",
+    "quantile": "smaller max_violation_probability values",
+    "point": "larger margin values",
+    "arima": "larger margin values",
+    "ets": "larger margin values",
+    "ehpa": "lower target_utilization values and longer scale_down_window_s (up to 3600)",
+    "hpa": "lower target_utilization values and longer scale_down_window_s (up to 3600)",
+    "static": "larger headroom values",
+}
+PER_SERVICE_TITLE = (
+    "realised violation rate (%) of each series on the test part at the knobs chosen for every service"
+)
+# HARMONY deciding by its reactive fallback on more than this share of its decisions is worth a warning.
+FALLBACK_WARNING_SHARE = 0.02
+
+
+def advice_text(result: BacktestResult) -> str:
+    """What in the result needs the user's attention, and what to change: policies whose sweep never met
+    the target on the validation part (their ratios then compare with a policy that violates more), and
+    HARMONY deciding by its reactive fallback instead of its forecasts. Empty when nothing does."""
+    target = f"{100 * result.settings.target_violation_rate:g}%"
+    lines: list[str] = []
+    for criterion, what in (("total", "in total"), ("service", "for every series")):
+        for policy, by in result.tuned.items():
+            t = by.get(criterion)
+            if t is None or t.met or policy == "oracle":
+                continue
+            rate = t.val["violation_rate" if criterion == "total" else "worst_violation_rate"]
+            consequence = (
+                "its cost is that of a higher rate than the target"
+                if policy in ("harmony", "quantile")
+                else "the ratios against it (vs_hpa for the HPA, vs_best when it is the best baseline) "
+                "compare with a policy that violates more"
+            )
+            lines.append(
+                f"{policy}: no setting met {target} {what} on the validation part (the safest reached "
+                f"{_pct(rate)}%): {consequence}. Widen its sweep: {_WIDEN.get(policy, 'more values')} in "
+                f"policies.{policy}"
+            )
+    runs = result.per_run
+    if "harmony" in result.tuned and {"decisions", "fallbacks"} <= set(runs.columns):
+        knobs = result.tuned["harmony"]["total"].knobs.text()
+        mine = runs[(runs["policy"] == "harmony") & (runs["knobs"] == knobs)]
+        decisions, fallbacks = float(mine["decisions"].sum()), float(mine["fallbacks"].sum())
+        if decisions > 0 and fallbacks / decisions > FALLBACK_WARNING_SHARE:
+            lines.append(
+                f"harmony: the reactive fallback decided {int(fallbacks):,} of its {int(decisions):,} "
+                f"decisions ({100 * fallbacks / decisions:.1f}%) on the test part at {short_knobs(knobs)}: "
+                "the steps without history enough for a forecast (after a gap) and, with "
+                "fallback_on_miscalibration, those where the forecasts proved miscalibrated beyond repair "
+                "at this eps (a tighter SLA then gives more violations, not fewer). Its count follows "
+                "scaling.fallback_target_utilization and scaling.fallback_margin (docs/decision.md, the "
+                "fallback)"
+            )
+    if not lines:
+        return ""
+    return "ATTENTION\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+def headline_tables(result: BacktestResult) -> str:
+    """What the command line ends with: the validated tables, their headlines, the bound and the advice
+    (the rest is in the report and summary.txt)."""
+    return format_tables(result).split(f"\n\n{PER_SERVICE_TITLE}")[0]
+
+
 def _validated(result: BacktestResult, criterion: str) -> str:
     g = result.validated[result.validated["criterion"] == criterion]
     searched = _searched(result)
@@ -302,8 +369,9 @@ def format_tables(result: BacktestResult) -> str:
         headline_text(result, "service"),
         bound_text(result),
         fixed_knobs_text(result),
+        *(["", advice] if (advice := advice_text(result)) else []),
         "",
-        "realised violation rate (%) of each series on the test part at the knobs chosen for every service",
+        PER_SERVICE_TITLE,
         _per_service(result),
         "",
         "each service held to its eps: series whose violated steps on the test part lie below, inside and "
@@ -412,12 +480,21 @@ def html_report(
         )
     per_service = result.per_service[result.per_service["criterion"] == "service"]
     per_service = per_service.drop(columns=["criterion"])
+    advice = advice_text(result).splitlines()[1:]
+    attention = (
+        "<h2>Attention</h2><ul>"
+        + "".join(f"<li>{html.escape(line.removeprefix('  - '))}</li>" for line in advice)
+        + "</ul>"
+        if advice
+        else ""
+    )
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><table>{fact_rows}</table>"
         f"<h2>How to read this report</h2><p>{HOW_TO_READ}</p>"
         + "".join(sections)
+        + attention
         + f"<h2>Charts</h2>{''.join(figures)}"
         f"<h2>Realised violation rate of each series on the test part (knobs for every service)</h2>"
         f"{_frame_html(_display(per_service))}"

@@ -90,7 +90,10 @@ def test_show_resampled_events(data_root: Path) -> None:
 
 def test_show_unknown_names(data_root: Path) -> None:
     out = run("datasets", "show", "fisher", "--data-dir", str(data_root))
-    assert out.returncode == 2 and "unknown dataset 'fisher'; known datasets:" in out.stderr
+    assert out.returncode == 2 and "unknown dataset 'fisher': no card " in out.stderr
+    assert "datasets/fisher.yaml; known datasets: " in out.stderr  # where it looked
+    out = run("datasets", "show", "nowhere/mine.yaml", "--data-dir", str(data_root))
+    assert out.returncode == 2 and "dataset card not found (looked for /" in out.stderr
     out = run("datasets", "show", "fisher_containers", "--series", "c42", "--data-dir", str(data_root))
     assert out.returncode == 2 and "has no series ['c42']" in out.stderr
     assert "Traceback" not in out.stderr
@@ -173,7 +176,16 @@ def test_check_explains_every_problem(tmp_path: Path, data_root: Path) -> None:
 
 def test_fetch_from_a_mirror_and_checksum_mismatch(tmp_path: Path, data_root: Path) -> None:
     dest = tmp_path / "data"
-    out = run("datasets", "fetch", "fisher_containers", "--mirror", str(data_root), "--data-dir", str(dest), "--quiet")
+    out = run(
+        "datasets",
+        "fetch",
+        "fisher_containers",
+        "--mirror",
+        str(data_root),
+        "--data-dir",
+        str(dest),
+        "--quiet",
+    )
     assert out.returncode == 0, out.stderr
     assert "fisher_containers: 11 downloaded, 0 already present and verified" in out.stdout
     assert (dest / "fisher_containers" / "container7.csv").read_bytes() == (
@@ -185,7 +197,15 @@ def test_fetch_from_a_mirror_and_checksum_mismatch(tmp_path: Path, data_root: Pa
     data = bytearray((mirror / "container2.csv").read_bytes())
     data[-3] = ord("7") if data[-3] != ord("7") else ord("8")  # same size, different bytes
     (mirror / "container2.csv").write_bytes(bytes(data))
-    out = run("datasets", "fetch", "fisher_containers", "--mirror", str(tmp_path / "mirror"),
-              "--data-dir", str(tmp_path / "other"), "--quiet")
+    out = run(
+        "datasets",
+        "fetch",
+        "fisher_containers",
+        "--mirror",
+        str(tmp_path / "mirror"),
+        "--data-dir",
+        str(tmp_path / "other"),
+        "--quiet",
+    )
     assert out.returncode == 2 and "container2.csv" in out.stderr and "sha256" in out.stderr.lower()
     assert not (tmp_path / "other" / "fisher_containers" / "container2.csv").exists()

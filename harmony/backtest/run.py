@@ -23,6 +23,7 @@ from harmony.backtest.config import (
 )
 from harmony.backtest.executor import Executor, LocalExecutor, Part, make_executor
 from harmony.backtest.frontier import cost_bound, headline, hindsight_table, validated_table
+from harmony.backtest.progress import track
 from harmony.backtest.replay import (
     BacktestError,
     SeriesData,
@@ -198,9 +199,11 @@ def run_backtest(
         executor, forecaster, trace, val, settings, enabled, window, VAL_SEED_OFFSET, say, seconds, classical
     )
     ev_val = Evaluator(val, {}, settings, replayer=val_part.replay)
+    progress = track(ev_val, "validation", enabled, settings, say)
     t0 = time.perf_counter()
     tuned = {policy: tune(ev_val, policy, log=say) for policy in enabled}
     seconds["tune_val"] = time.perf_counter() - t0
+    progress.finish()
     val_part.close()  # the validation forecasts are no longer needed: free them before the test part's
 
     # 2. The test part: the chosen knobs, then each policy's primary sweep at its chosen secondary knobs.
@@ -208,6 +211,7 @@ def run_backtest(
         executor, forecaster, trace, test, settings, enabled, window, 0, say, seconds, classical
     )
     ev_test = Evaluator(test, {}, settings, keep_capacity=True, replayer=test_part.replay)
+    progress = track(ev_test, "test", enabled, settings, say)
     t0 = time.perf_counter()
     at_test: dict[tuple[str, str], dict[str, Any]] = {}
     for policy, by in tuned.items():
@@ -219,6 +223,7 @@ def run_backtest(
             for value in space.ordered():
                 ev_test.run(Knobs(policy, float(value), secondary))
     seconds["replay_test"] = time.perf_counter() - t0
+    progress.finish()
     say(f"test: {len(ev_test.rows)} settings replayed in {seconds['replay_test']:.1f} s")
 
     target = settings.target_violation_rate
@@ -380,6 +385,7 @@ def run_config(cfg: BacktestConfig, *, log: Callable[[str], None] | None = None)
 
 def _run_config(cfg: BacktestConfig, say: Callable[[str], None]) -> ConfigRun:
     from harmony.data.catalog import load
+    from harmony.data.plot import display_zone
 
     t0 = time.perf_counter()
     d = cfg.train.data
@@ -435,6 +441,7 @@ def _run_config(cfg: BacktestConfig, say: Callable[[str], None]) -> ConfigRun:
             "lookback": str(forecaster.spec.lookback) if forecaster is not None else "-",
             "horizon": str(forecaster.spec.horizon) if forecaster is not None else "-",
             "model_lead_time": str(model_lead),
+            "display_timezone": display_zone(trace),
         }
     )
     if model_run:

@@ -383,6 +383,8 @@ class Evaluator:
         self.seconds: dict[str, float] = {}
         self.knobs: dict[tuple[str, float, tuple[tuple[str, Any], ...]], Knobs] = {}
         self._summaries: dict[tuple[str, float, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
+        # Called after each new replay (harmony.backtest.progress prints progress lines from it).
+        self.on_replay: Callable[[Knobs], None] | None = None
 
     def source(self, policy: str) -> Mapping[str, Draws] | None:
         return source_of(policy, self.draws, self.settings)
@@ -409,6 +411,8 @@ class Evaluator:
         self.rows[key] = out
         self.knobs[key] = knobs
         self.seconds[knobs.policy] = self.seconds.get(knobs.policy, 0.0) + time.perf_counter() - t0
+        if self.on_replay is not None:
+            self.on_replay(knobs)
         return out
 
     def summary_of(self, knobs: Knobs) -> dict[str, Any]:

@@ -59,7 +59,10 @@ def get_card(name: str) -> DatasetCard:
     path = cards_dir() / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in cards_dir().glob("*.yaml"))
-        raise CardError(f"unknown dataset {name!r}; known datasets: {', '.join(known)}")
+        raise CardError(
+            f"unknown dataset {name!r}: no card {path}; known datasets: {', '.join(known)} (a card of "
+            "your own: give its path, e.g. my_service.yaml)"
+        )
     card = load_card(path)
     if card.name != name:
         raise CardError(f"card declares name {card.name!r} but its file is named {name!r}", path=path)
@@ -77,11 +80,16 @@ def load(
     series: Sequence[str] | None = None,
     frequency: str | pd.Timedelta | None = None,
 ) -> Trace:
-    """Load a dataset by card name (or card) from `root` (default $HARMONY_DATA_DIR) into a clean Trace."""
+    """Load a dataset by card name, card file (a path ending in .yaml) or card from `root` (default
+    $HARMONY_DATA_DIR) into a clean Trace."""
     # Loaders register themselves on import.
     import harmony.data.loaders  # noqa: F401
 
-    card = get_card(name_or_card) if isinstance(name_or_card, str) else name_or_card
+    if isinstance(name_or_card, str):
+        is_file = name_or_card.endswith((".yaml", ".yml"))
+        card = load_card(name_or_card) if is_file else get_card(name_or_card)
+    else:
+        card = name_or_card
     try:
         loader = _LOADERS[card.loader]
     except KeyError:

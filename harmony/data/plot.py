@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
 from pathlib import Path
@@ -9,14 +10,34 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
+import pandas as pd
 
 from harmony.data.trace import Trace
 
 
+def display_zone(trace: Trace) -> str:
+    """The zone a trace's times are shown in: the one its file was written in (a user table's --timezone or
+    UTC offset), else UTC."""
+    zone = trace.card.options.get("display_timezone") if trace.card is not None else None
+    return str(zone) if zone else "UTC"
+
+
+def tzinfo(zone: str) -> str | dt.tzinfo:
+    """A zone name, or a fixed offset such as +02:00."""
+    if zone[:1] in "+-" and len(zone) == 6:
+        sign = 1 if zone[0] == "+" else -1
+        return dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+    return zone
+
+
 def plot_series(trace: Trace, series: str, out: str | Path, *, max_points: int = 20_000) -> Path:
-    """Write the plot atomically (temporary file + rename): a failed run leaves no partial PNG."""
+    """Write the plot atomically (temporary file + rename): a failed run leaves no partial PNG. Times are
+    shown in the zone the data was written in (`display_zone`)."""
+    zone = display_zone(trace)
     frame = trace[series]
+    frame = frame.set_axis(pd.DatetimeIndex(frame.index).tz_convert(tzinfo(zone)))
     if len(frame) > max_points:  # keep the file small; a line plot cannot show more anyway
         frame = frame.iloc[:: -(-len(frame) // max_points)]
     n = len(trace.indicators)
@@ -37,6 +58,11 @@ def plot_series(trace: Trace, series: str, out: str | Path, *, max_points: int =
         if spec.capacity_per_replica:
             ax.axhline(spec.capacity_per_replica, ls="--", lw=0.6, color="black", label="one replica")
             ax.legend(fontsize=6, loc="upper right")
+    label = f"UTC{zone}" if zone[:1] in "+-" else zone
+    axes[-1, 0].set_xlabel(f"time ({label})", fontsize=8)
+    # matplotlib writes dates in UTC unless the formatter is given the zone.
+    formatter = mdates.DateFormatter("%m-%d %H:%M", tz=tzinfo(zone))  # type: ignore[no-untyped-call]
+    axes[-1, 0].xaxis.set_major_formatter(formatter)
     fig.suptitle(f"{trace.name} / {series}  (step {trace.frequency})", fontsize=10)
     fig.tight_layout()
     out = Path(out)

@@ -399,7 +399,7 @@ def load_card(path: str | Path) -> DatasetCard:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise CardError("dataset card not found", path=p) from None
+        raise CardError(f"dataset card not found (looked for {p.resolve()})", path=p) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

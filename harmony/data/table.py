@@ -6,10 +6,12 @@ for Parquet the first record is row 1.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import gzip
 import io
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from harmony.data.errors import DataError
-from harmony.data.spec import IndicatorSpec
+from harmony.data.spec import IndicatorSpec, Kind
 
 _DELIMITERS = [",", ";", "\t", "|"]
 _TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
@@ -52,7 +54,9 @@ def sniff_delimiter(header: str) -> str:
 def _listing(rows: np.ndarray, values: Sequence[object] | None = None) -> str:
     shown = [str(int(r)) for r in rows[:_MAX_LISTED]]
     if values is not None:
-        shown = [f"{r} ({v!r})" for r, v in zip(shown, values, strict=False)]
+        # Plain Python values: numpy scalars' repr would print np.float64(-5.0).
+        plain = [v.item() if isinstance(v, np.generic) else v for v in values]
+        shown = [f"{r} ({v!r})" for r, v in zip(shown, plain, strict=False)]
     more = f" and {len(rows) - _MAX_LISTED} more" if len(rows) > _MAX_LISTED else ""
     return ", ".join(shown) + more
 
@@ -89,14 +93,21 @@ def _read_frame(path: Path, delimiter: str | None) -> tuple[pd.DataFrame, int]:
             row=1,
         )
     try:
-        frame = pd.read_csv(
-            path,
-            sep=delimiter,
-            skipinitialspace=True,
-            skip_blank_lines=False,
-            low_memory=False,
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile) as exc:
+        with warnings.catch_warnings():
+            # More fields in the rows than in the header: pandas would quietly take the first column as the
+            # index and shift every name by one (index_col=False turns that into this warning).
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                path,
+                sep=delimiter,
+                skipinitialspace=True,
+                skip_blank_lines=False,
+                low_memory=False,
+                index_col=False,
+            )
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+        raise DataError(_parser_message(exc, path, delimiter, header), path=path) from None
+    except (UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile) as exc:
         raise DataError(f"cannot parse as {delimiter!r}-separated text: {exc}", path=path) from None
     except pd.errors.EmptyDataError:
         raise DataError("file has no columns; expected a header row", path=path) from None
@@ -106,6 +117,40 @@ def _read_frame(path: Path, delimiter: str | None) -> tuple[pd.DataFrame, int]:
             f"only one column {frame.columns[0]!r} with delimiter {delimiter!r}: wrong delimiter?", path=path
         )
     return frame, 2
+
+
+_DECIMAL_COMMA = re.compile(r"\d,\d")
+
+
+def _ragged_row(path: Path, delimiter: str) -> tuple[int, int, int] | None:
+    """(row, its field count, the header's) of the first row whose field count differs from the header's."""
+    with open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=True)
+        width = None
+        for k, fields in enumerate(reader, start=1):
+            if width is None:
+                width = len(fields)
+            elif fields and len(fields) != width:
+                return k, len(fields), width
+    return None
+
+
+def _parser_message(exc: Exception, path: Path, delimiter: str, header: str) -> str:
+    """pandas' tokenizer error as a row, its field count and the likely cause."""
+    found = _ragged_row(path, delimiter)
+    if found is None:
+        return f"cannot parse as {delimiter!r}-separated text: {exc}"
+    line, saw, expected = found
+    msg = (
+        f"row {line} has {saw} fields but the header has {expected}; expected one value per column, "
+        f"separated by {delimiter!r}"
+    )
+    if delimiter == "," and _DECIMAL_COMMA.search(header) is None:
+        msg += (
+            " (an unquoted decimal comma such as 1,5 splits a value in two: write decimal points, quote "
+            "such values, or separate the columns with ';' and pass --delimiter ';')"
+        )
+    return msg
 
 
 def _parse_timestamps(
@@ -163,6 +208,18 @@ def _parse_timestamps(
     return out
 
 
+def _written_offset(raw: pd.Series) -> str:
+    """The UTC offset the first timestamp is written with ("+02:00"), or "UTC" (none, Z, or epoch numbers)."""
+    if pd.api.types.is_numeric_dtype(raw.dtype) or pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        return "UTC"
+    text = raw.dropna().astype(str).str.strip()
+    found = _TZ_SUFFIX.search(text.iloc[0]) if len(text) else None
+    if found is None or found.group(0) == "Z":
+        return "UTC"
+    off = found.group(0).replace(":", "")
+    return "UTC" if off in ("+0000", "-0000") else f"{off[:3]}:{off[3:]}"
+
+
 def suggest_column(missing: str, available: Sequence[str]) -> str:
     """' (did you mean 'x'?)' for the closest available column name, or '' when none is close."""
     close = difflib.get_close_matches(missing, list(available), n=1, cutoff=0.6)
@@ -177,8 +234,13 @@ def read_table(
     series_column: str | None = None,
     delimiter: str | None = None,
     timezone: str = "UTC",
+    notes: list[str] | None = None,
+    meta: dict[str, str] | None = None,
 ) -> dict[str, TableSeries]:
-    """Read and validate a table; raise one DataError listing every problem found."""
+    """Read and validate a table; raise one DataError listing every problem found. Findings that do not
+    stop the load (negative demand in a gauge, an indicator mostly empty) are appended to `notes`;
+    `meta["display_timezone"]` gets the zone the file's times were written in (its --timezone, or the UTC
+    offset its timestamps carry), for plots in the data's own local time."""
     p = Path(path)
     frame, first_row = _read_frame(p, delimiter)
     if len(frame) == 0:
@@ -198,6 +260,8 @@ def read_table(
     rows = np.arange(len(frame)) + first_row
 
     ts = _parse_timestamps(frame[timestamp_column], p, first_row, timezone, problems)
+    if meta is not None:
+        meta["display_timezone"] = timezone if timezone != "UTC" else _written_offset(frame[timestamp_column])
 
     values = np.empty((len(frame), len(indicators)), dtype=np.float64)
     for j, spec in enumerate(indicators):
@@ -212,9 +276,12 @@ def read_table(
                 text.isna() | (text == "") | text.str.lower().isin(["nan", "na"])
             )
             if bad.any():
+                shown = list(text[bad].iloc[:_MAX_LISTED])
+                comma = any(_DECIMAL_COMMA.fullmatch(str(v).lstrip("-")) for v in shown)
                 problems.append(
                     f"column {spec.source_column!r}: not a number at row(s) "
-                    f"{_listing(rows[bad], list(text[bad].iloc[:_MAX_LISTED]))}; expected a decimal number"
+                    f"{_listing(rows[bad], shown)}; expected a decimal number"
+                    + (" with a decimal point (1.5, not 1,5)" if comma else "")
                 )
         inf = np.isinf(col)
         if inf.any():
@@ -230,6 +297,25 @@ def read_table(
                     f"{_listing(rows[neg], list(col[neg][:_MAX_LISTED]))}; a counter is a cumulative total "
                     ">= 0 (declare it a gauge if it is not cumulative)"
                 )
+        present = ~np.isnan(col)
+        if not present.any():
+            problems.append(
+                f"column {spec.source_column!r}: empty in every row; expected numbers (is it the right "
+                "column? leave the indicator out if the export has no values for it)"
+            )
+        elif notes is not None and present.mean() < 0.5:
+            notes.append(
+                f"column {spec.source_column!r} is empty in {int((~present).sum()):,} of "
+                f"{present.size:,} rows"
+            )
+        if spec.kind is Kind.DEMAND and not spec.is_counter and notes is not None:
+            neg = col < 0
+            if neg.any():
+                notes.append(
+                    f"demand {spec.name!r} (column {spec.source_column!r}) is negative in {int(neg.sum()):,} "
+                    f"row(s), e.g. row(s) {_listing(rows[neg], list(col[neg][:_MAX_LISTED]))}; a demand "
+                    "below 0 needs no replica and is scored as 0: check the export"
+                )
         values[:, j] = col
 
     if series_column:
@@ -239,6 +325,8 @@ def read_table(
             problems.append(f"column {series_column!r}: series id is empty at row(s) {_listing(rows[empty])}")
         ids = sid.fillna("").to_numpy(dtype=object)
     else:
+        used = [timestamp_column, *(s.source_column for s in indicators)]
+        _check_one_series(frame, ts, rows, used, problems)
         ids = np.full(len(frame), p.name.split(".")[0], dtype=object)
 
     if problems:
@@ -254,8 +342,51 @@ def read_table(
     return out
 
 
-def infer_frequency(series: dict[str, TableSeries]) -> pd.Timedelta:
-    """Median positive step across all series, rounded to the second."""
+def _check_one_series(
+    frame: pd.DataFrame, ts: np.ndarray, rows: np.ndarray, used: Sequence[str], problems: list[str]
+) -> None:
+    """Without a series column every row belongs to one series, and rows sharing a timestamp are merged
+    (averaged). That is right for a repeated sample, and wrong when the rows are several series (pods, VMs)
+    in one file: then a text column that differs between rows of the same timestamp names them, or, with no
+    such column, many rows repeat their timestamp."""
+    dup = pd.Series(ts).duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return
+    shared = int(dup.sum())
+    for name in frame.columns:
+        if name in used or pd.api.types.is_numeric_dtype(frame[name].dtype):
+            continue
+        labels = frame[name].astype("string").str.strip()
+        per_time = pd.DataFrame({"t": ts[dup], "v": labels[dup].to_numpy()}).dropna()
+        varying = per_time.groupby("t")["v"].nunique()
+        if (varying > 1).any():
+            first = int(varying.index[varying.to_numpy() > 1][0])
+            example = rows[dup][ts[dup] == first][:2]
+            problems.append(
+                f"{shared:,} rows share their timestamp with another row, and column {name!r} tells them "
+                f"apart ({labels.nunique()} distinct values; e.g. rows {int(example[0])} and "
+                f"{int(example[1])}): it looks like it names the series. Pass --series-column {name} "
+                "(or options.series_column in a card); without one every row is taken as the same series "
+                "and rows of the same timestamp are averaged"
+            )
+            return
+    if shared > 0.1 * len(ts):
+        problems.append(
+            f"{shared:,} of {len(ts):,} rows share their timestamp with another row: several series in one "
+            "file? Name the column that tells them apart with --series-column; without one, rows of the "
+            "same timestamp are averaged"
+        )
+
+
+# Steps a monitoring system samples at: an inferred median step within STEP_SNAP of one of them is taken
+# as that step (timestamps jitter around their schedule; a 301 s grid would drift off every 5-min point).
+STANDARD_STEPS_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 21600)
+STEP_SNAP = 0.05
+
+
+def infer_frequency(series: dict[str, TableSeries], notes: list[str] | None = None) -> pd.Timedelta:
+    """The median positive step across all series, rounded to the second, or the standard step it is within
+    5% of (said in `notes`, with the spread of the steps, so that the choice is never silent)."""
     steps = []
     for s in series.values():
         d = np.diff(np.sort(s.timestamps_ns))
@@ -263,7 +394,27 @@ def infer_frequency(series: dict[str, TableSeries]) -> pd.Timedelta:
     all_steps = np.concatenate(steps) if steps else np.array([])
     if all_steps.size == 0:
         raise DataError("cannot infer the sampling step from fewer than two distinct timestamps; pass --freq")
-    return pd.Timedelta(seconds=max(1, round(float(np.median(all_steps)) / 1e9)))
+    median_s = float(np.median(all_steps)) / 1e9
+    near = min(STANDARD_STEPS_S, key=lambda std: abs(std - median_s))
+    if abs(near - median_s) <= STEP_SNAP * near:
+        step = pd.Timedelta(seconds=near)
+        lo, hi = (float(v) / 1e9 for v in np.quantile(all_steps, [0.05, 0.95]))
+        if median_s != near and notes is not None:  # jittered: say so; an exact schedule needs no word
+            notes.append(
+                f"sampling step taken as {_step_text(near)}: the median step between rows is "
+                f"{median_s:.4g} s (5-95% of steps {lo:.4g}..{hi:.4g} s); each row goes to its nearest "
+                "grid point. Pass --freq (frequency: in a card) for another step"
+            )
+        return step
+    return pd.Timedelta(seconds=max(1, round(median_s)))
+
+
+def _step_text(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}min"
+    return f"{seconds}s"
 
 
 def open_text(path: Path) -> io.TextIOBase:

@@ -398,6 +398,16 @@ def _card_indicators(cfg: TrainConfig, ctx: ConfigContext) -> list[str]:
     from harmony.data.spec import load_card
 
     name = cfg.data.dataset
+    if name.endswith((".yaml", ".yml")) and not resolve_card_path(name, cfg.source).exists():
+        looked = [Path(name).resolve()]
+        if cfg.source is not None and not Path(name).is_absolute():
+            looked.append((cfg.source.parent / name).resolve())
+        raise ctx.error(
+            "data.dataset",
+            "dataset card not found; looked for "
+            + " and ".join(str(p) for p in looked)
+            + " (a relative path counts from the working directory, then from the config's folder)",
+        )
     try:
         if name.endswith((".yaml", ".yml")):
             card = load_card(resolve_card_path(name, cfg.source))

@@ -10,6 +10,7 @@ indicators have different units, models are compared by ratios to the baseline (
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from harmony import metrics
 from harmony.data.trace import Trace
 from harmony.data.windows import Part, Split
 from harmony.model.base import Forecaster
+from harmony.output import Progress
 from harmony.training.windows import collect_windows
 
 RATIO_METRICS = ("crps", "wql", "mase", "energy")
@@ -44,7 +46,9 @@ def evaluate(
     season: int | None = None,
     seed: int = 0,
     part: Part = "test",
+    log: Callable[[str], None] | None = None,
 ) -> Evaluation:
+    """Score every model on the windows of `part`; `log` takes progress lines (models x series scored)."""
     if not models:
         raise ValueError("no models to evaluate")
     specs = {m.spec for m in models.values()}
@@ -59,9 +63,15 @@ def evaluate(
     if season is None:
         season = max(1, round(86_400 / spec.frequency_s))
     rows: list[dict[str, Any]] = []
+    progress = None
+    if log is not None:
+        total = len(models) * len(windows.series)
+        progress = Progress(f"scoring the {part} part", total, log=log, unit="model x series")
     for name, model in models.items():
         for sid in windows.series:
             draws = model.sample(windows.history[sid], n_samples, windows.last_time[sid], seed=seed)
+            if progress is not None:
+                progress.advance(1, name)
             # [W, S, H, T] -> per target: samples [S, W, H], actual [W, H]
             for j, target in enumerate(spec.targets):
                 s = np.moveaxis(draws[..., j], 1, 0)
@@ -144,8 +154,6 @@ def compare(
     ablations (so the ablations differ in exactly one thing); every model shares the training budget and
     the input normalisation.
     """
-    import time
-
     import harmony.model.registry  # noqa: F401
     from harmony.training.train import load_data
 
@@ -157,11 +165,9 @@ def compare(
         raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(known)}")
     models: dict[str, Forecaster] = {}
     for name in names:
-        model = known[name](spec, **compared_hparams(config, name))
-        t0 = time.perf_counter()
-        model.fit(trace, split)
-        log(f"trained {name} in {time.perf_counter() - t0:.1f} s")
-        models[name] = model
+        models[name] = _fit(known[name](spec, **compared_hparams(config, name)), trace, split, config, log)
+    for line in notes(models.values()):
+        log(f"note: {line}")
     ev = config.evaluation
     return evaluate(
         trace,
@@ -172,7 +178,116 @@ def compare(
         max_windows=ev.max_windows_per_series,
         seed=config.trainer.seed,
         part=part,
+        log=log,
     )
+
+
+def _fit(
+    model: Forecaster, trace: Trace, split: Split, config: Any, log: Callable[[str], None]
+) -> Forecaster:
+    """Fit one compared model, with a progress line per epoch for the neural ones."""
+    import time
+
+    from harmony.model.neural import NeuralForecaster
+
+    options: dict[str, Any] = {}
+    if isinstance(model, NeuralForecaster):
+        from harmony.training.progress import EpochProgress
+
+        epochs = int(config.trainer.max_epochs)
+        options["callbacks"] = [EpochProgress(f"train {model.name}", epochs, log)]
+    t0 = time.perf_counter()
+    model.fit(trace, split, **options)
+    log(f"trained {model.name} in {time.perf_counter() - t0:.1f} s")
+    return model
+
+
+def notes(models: Iterable[Forecaster]) -> list[str]:
+    """What a reader of the table must know about the models compared: a seasonal naive model whose lookback
+    is shorter than its season forecasts the last value (persistence), not the value a season earlier."""
+    from harmony.model.seasonal_naive import SeasonalNaiveForecaster
+
+    out = []
+    for model in models:
+        if isinstance(model, SeasonalNaiveForecaster) and model.lag == 1 and model.season > 1:
+            out.append(
+                f"{model.name} is last-value persistence here: its lookback ({model.spec.lookback} steps) "
+                f"is shorter than its season ({model.season} steps, one day unless season_steps says "
+                "otherwise), so it cannot see the value one season earlier; lengthen model.lookback to a "
+                "day for the seasonal baseline"
+            )
+    return out
+
+
+@dataclass
+class TrainedScore:
+    """A trained forecaster scored without training: `metrics` by the training run's own protocol
+    (train.evaluate: the same windows, draws and seed, so the same numbers as the run's test scores) and
+    `comparison`, the side-by-side table with the baseline."""
+
+    metrics: dict[str, float]
+    windows: int
+    comparison: Evaluation
+
+
+def score_trained(
+    config: Any,
+    forecaster: Forecaster,
+    *,
+    baseline: str = "seasonal_naive",
+    part: Part = "test",
+    log: Callable[[str], None] = print,
+) -> TrainedScore:
+    """Score `forecaster` on the data of `config` (its data and evaluation sections) without training it."""
+    import harmony.model.registry  # noqa: F401
+    from harmony.training.train import TrainError, load_data
+    from harmony.training.train import evaluate as evaluate_run
+
+    _, trace, split, spec = load_data(config)
+    if spec != forecaster.spec:
+        diffs = [
+            f"{k}: the config's {getattr(spec, k)!r}, the model's {getattr(forecaster.spec, k)!r}"
+            for k in ("indicators", "targets", "lookback", "horizon", "lead_time", "frequency_s")
+            if getattr(spec, k) != getattr(forecaster.spec, k)
+        ]
+        raise TrainError(
+            "the model does not fit the configuration's data (give the config it was trained with)",
+            path=config.source,
+            problems=diffs or ["the forecast specs differ"],
+        )
+    ev = config.evaluation
+    log(f"scoring {forecaster.name} on the {part} part ({ev.num_samples} draws per window)")
+    run = evaluate_run(
+        forecaster,
+        trace,
+        split,
+        num_samples=ev.num_samples,
+        max_windows_per_series=ev.max_windows_per_series,
+        seed=config.trainer.seed,
+        part=part,
+    )
+    known = Forecaster.registered()
+    if baseline not in known:
+        raise TrainError(f"unknown baseline {baseline!r}; registered: {sorted(known)}")
+    models = {forecaster.name: forecaster}
+    if baseline != forecaster.name:
+        models[baseline] = _fit(
+            known[baseline](spec, **compared_hparams(config, baseline)), trace, split, config, log
+        )
+    for line in notes(models.values()):
+        log(f"note: {line}")
+    comparison = evaluate(
+        trace,
+        split,
+        models,
+        baseline=baseline,
+        n_samples=ev.num_samples,
+        max_windows=ev.max_windows_per_series,
+        seed=config.trainer.seed,
+        part=part,
+        log=log,
+    )
+    return TrainedScore(run.metrics, run.n_windows, comparison)
 
 
 def format_summary(evaluation: Evaluation) -> str:

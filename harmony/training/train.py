@@ -23,15 +23,17 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, redirect_stderr, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from harmony.data.catalog import get_card, load
 from harmony.data.errors import DataError
 from harmony.data.spec import DatasetCard, load_card
 from harmony.data.trace import Trace
-from harmony.data.windows import Split, WindowDataset, WindowSpec, chronological_split
+from harmony.data.windows import Part, Split, WindowDataset, WindowSpec, chronological_split
 from harmony.metrics import (
     coverage_key,
     crps_samples,
@@ -178,11 +180,43 @@ def load_data(config: TrainConfig) -> tuple[DatasetCard, Trace, Split, ForecastS
         if n == 0:
             raise TrainError(
                 f"no {part} windows: each series needs {window.span} consecutive points without gaps "
-                f"(model.lookback + model.lead_time + model.horizon) inside its {part} part; shorten the "
-                "window or change data.split",
+                f"(model.lookback + model.lead_time + model.horizon) inside its {part} part"
+                + _gap_advice(trace, split, part, list(spec.indicators), window.span),
                 path=config.source,
             )
     return card, trace, split, spec
+
+
+def _gap_advice(trace: Trace, split: Split, part: str, indicators: list[str], span: int) -> str:
+    """Why the windows are missing and what fills them: the longest gap-free run of the part, the gaps that
+    cleaning left (runs of grid points longer than cleaning.max_fill_steps), and the setting that would
+    bridge them."""
+    longest, longest_sid, gaps = 0, "", []
+    for sid in trace.series_ids:
+        a, b, n = split.boundaries[sid]
+        lo, hi = {"train": (0, a), "val": (a, b), "test": (b, n)}[part]
+        ok = trace[sid][indicators].iloc[lo:hi].notna().all(axis=1).to_numpy()
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], ok.astype(np.int8), [0]))))
+        runs = edges[1::2] - edges[::2]  # gap-free runs
+        if runs.size and int(runs.max()) > longest:
+            longest, longest_sid = int(runs.max()), sid
+        holes = np.flatnonzero(np.diff(np.concatenate(([1], ok.astype(np.int8), [1]))))
+        gaps.extend((holes[1::2] - holes[::2]).tolist())  # missing runs
+    rules = trace.card.cleaning if trace.card is not None else None
+    step = trace.frequency
+    out = f"; the longest gap-free run is {longest} points" + (f" ({longest_sid})" if longest_sid else "")
+    if gaps:
+        out += (
+            f", between {len(gaps)} gap(s) of {min(gaps)} to {max(gaps)} missing points (median "
+            f"{int(np.median(gaps))}) that cleaning left unfilled"
+        )
+        if rules is not None:
+            out += (
+                f". cleaning.max_fill_steps (the dataset card's cleaning section; counted in grid steps of "
+                f"{step}, after any re-binning) is {rules.max_fill_steps}: gaps up to that many steps are "
+                f"filled by interpolation, so max_fill_steps: {max(gaps)} would fill them all"
+            )
+    return out + "; or shorten the window (model.lookback, model.horizon), or change data.split"
 
 
 def _split_json(trace: Trace, split: Split) -> dict[str, Any]:
@@ -263,12 +297,14 @@ def evaluate(
     num_samples: int,
     max_windows_per_series: int,
     seed: int,
+    part: Part = "test",
 ) -> Evaluation:
     """Score `num_samples` draws per test window, at most `max_windows_per_series` windows per series
-    chosen evenly over its test part (a bounded, deterministic cost)."""
+    chosen evenly over its test part (a bounded, deterministic cost); `part="val"` scores the validation
+    part instead."""
     spec = forecaster.spec
     tidx = spec.target_index
-    windows = collect_windows(trace, split, spec, max_windows_per_series)
+    windows = collect_windows(trace, split, spec, max_windows_per_series, part)
     per_day = max(1, round(86_400 / spec.frequency_s))
     # Seasonal MASE needs a full day inside the lookback; otherwise the one-step naive scale.
     season = per_day if spec.lookback > per_day else 1
@@ -337,7 +373,7 @@ def evaluate(
                 f"{num_samples} draws"
             )
     if not series_rows:
-        raise TrainError("no test windows to evaluate")
+        raise TrainError(f"no {part} windows to evaluate")
     per_series = pd.DataFrame(series_rows)
     per_series["series"] = [windows.series[int(k)] for k in per_series["series"]]
     metrics = _mean_over(
@@ -492,11 +528,18 @@ def _fit(
     uri: str,
     checkpoints: Path,
     resume_from: Path | None,
+    log: Callable[[str], None] | None = None,
 ) -> FitReport:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import MLFlowLogger
 
+    from harmony.training.progress import EpochProgress
+
     t = config.trainer
+    # A progress bar only on a terminal (in a log file its redraws are noise); elsewhere, and whenever
+    # the bar is off, one line per epoch when the caller takes progress lines.
+    bar = t.progress and sys.stderr.isatty()
+    callbacks = [] if bar or log is None else [EpochProgress(f"train {config.run_name}", t.max_epochs, log)]
     pl.seed_everything(t.seed, workers=True, verbose=False)
     logger = MLFlowLogger(experiment_name=config.tracking.experiment, run_id=run_id, tracking_uri=uri)
     with warnings.catch_warnings():
@@ -515,8 +558,9 @@ def _fit(
             devices=t.devices,
             num_nodes=t.num_nodes,
             strategy=t.strategy,
-            progress=t.progress,
+            progress=bar,
             max_epochs=t.max_epochs,
+            callbacks=callbacks,
         )
 
 
@@ -537,17 +581,33 @@ def _whole_report(report: FitReport, client: MlflowClient, run_id: str, checkpoi
     )
 
 
-def train(config: TrainConfig, *, resume: bool = False, register: str | None = None) -> TrainResult:
-    """Run (or, with `resume`, continue) the training a configuration describes; see the module doc."""
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    register: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Run (or, with `resume`, continue) the training a configuration describes; see the module doc.
+
+    `log` takes progress lines (one per epoch when no progress bar is drawn); None prints none."""
     if register is not None and not register.strip():
         raise TrainError("the registered model name must not be empty")
     out = config.output_dir.resolve()
     uri = tracking_uri()
     with torch_threads(config.trainer.num_threads):
-        return _train(config, out, uri, resume=resume, register=register)
+        return _train(config, out, uri, resume=resume, register=register, log=log)
 
 
-def _train(config: TrainConfig, out: Path, uri: str, *, resume: bool, register: str | None) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    out: Path,
+    uri: str,
+    *,
+    resume: bool,
+    register: str | None,
+    log: Callable[[str], None] | None,
+) -> TrainResult:
     state_path = out / STATE_FILE
     checkpoints = out / CHECKPOINTS
     if _rank() > 0:
@@ -600,12 +660,16 @@ def _train(config: TrainConfig, out: Path, uri: str, *, resume: bool, register: 
         state.save(state_path)
     mlflow.set_tracking_uri(uri)
     try:
-        return _run(config, state, client, out, resume=resume, register=register)
+        return _run(config, state, client, out, resume=resume, register=register, log=log)
     except BaseException as exc:
-        # The checkpoints and state stay: the run can be continued with --resume.
+        # The checkpoints and state stay: the run can be continued with --resume. A new run that failed
+        # before its first checkpoint (bad data, a wrong key) has nothing to continue: its state goes, so
+        # that the next `harmony train` starts afresh instead of asking for --resume.
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         with suppress(MlflowException):
             client.set_terminated(state.run_id, status)
+        if not resume and state.status == "training" and not (checkpoints / "last.ckpt").exists():
+            state_path.unlink(missing_ok=True)
         raise
 
 
@@ -647,6 +711,7 @@ def _run(
     *,
     resume: bool,
     register: str | None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     run_id = state.run_id
     uri = state.tracking_uri
@@ -706,6 +771,7 @@ def _run(
             uri=uri,
             checkpoints=out / CHECKPOINTS,
             resume_from=last if resume and last.exists() else None,
+            log=log,
         )
         if resume:
             report = _whole_report(report, client, run_id, out / CHECKPOINTS)
@@ -768,7 +834,9 @@ def _run(
         client.set_tag(run_id, "harmony.pyfunc_model_uri", model_uri)
         registered = None
         if register is not None:
-            version = mlflow.register_model(model_uri, register)
+            # MLflow prints "Successfully registered ..." itself; the command says it once, with the URI.
+            with redirect_stderr(io.StringIO()):
+                version = mlflow.register_model(model_uri, register)
             registered = (register, str(version.version))
             client.set_tag(run_id, "harmony.registered_model", f"{register}/{version.version}")
     client.set_terminated(run_id, "FINISHED")

@@ -7,6 +7,7 @@ import csv
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -254,3 +255,128 @@ def test_any_junk_cell_is_named(tmp_path: Path, rows: list[list[str]], row: int,
     assert f"column 'container_memory_rss': not a number at row(s) {row + 1} ({junk.strip()!r})" in str(
         err.value
     )
+
+
+# --- frictions met on unseen traces (issue 20) ---------------------------------------------------------------
+
+
+def _two_containers(data_root: Path, label: bool) -> list[list[str]]:
+    """The first 30 rows of the real container1.csv and container2.csv in one file (the same timestamps),
+    with a `container` column naming each row's container when `label`."""
+    out: list[list[str]] = []
+    for name in ("container1", "container2"):
+        with open(data_root / "fisher_containers" / f"{name}.csv", newline="") as fh:
+            got = list(csv.reader(fh))[:31]
+        if not out:
+            out.append([*got[0], "container"] if label else got[0])
+        out.extend([*r, name] if label else r for r in got[1:])
+    return out
+
+
+def test_several_series_without_a_series_column_is_an_error(tmp_path: Path, data_root: Path) -> None:
+    path = write(tmp_path / "two.csv", _two_containers(data_root, label=True))
+    with pytest.raises(DataError) as err:
+        check(path)
+    msg = str(err.value)
+    assert "60 rows share their timestamp with another row" in msg
+    assert "column 'container' tells them apart (2 distinct values; e.g. rows 2 and 32)" in msg
+    assert "Pass --series-column container" in msg
+    trace = check(path, series_column="container")
+    assert trace.series_ids == ["container1", "container2"] and len(trace["container2"]) == 30
+    unlabelled = write(tmp_path / "bare.csv", _two_containers(data_root, label=False))
+    with pytest.raises(DataError, match=r"60 of 60 rows share their timestamp .* --series-column"):
+        check(unlabelled)
+
+
+def test_an_empty_indicator_is_an_error(tmp_path: Path, rows: list[list[str]]) -> None:
+    c = col(rows, "container_memory_rss")
+    for r in rows[1:]:
+        r[c] = ""
+    with pytest.raises(
+        DataError, match=r"column 'container_memory_rss': empty in every row; expected numbers"
+    ):
+        check(write(tmp_path / "empty.csv", rows), LOAD, MEM)
+
+
+def test_negative_demand_in_a_gauge_is_a_warning(tmp_path: Path, rows: list[list[str]]) -> None:
+    busy = parse_indicator_arg("cpu:%:1:demand:capacity=70:column=cpu.busy")
+    rows[5][col(rows, "cpu.busy")] = "-5"
+    trace = check(write(tmp_path / "neg.csv", rows), busy)
+    assert len(trace.notes) == 1
+    assert "demand 'cpu' (column 'cpu.busy') is negative in 1 row(s), e.g. row(s) 6 (-5.0)" in trace.notes[0]
+
+
+def test_negative_counter_message_prints_plain_numbers(tmp_path: Path, rows: list[list[str]]) -> None:
+    rows[10][col(rows, "container_cpu_usage_seconds_total")] = "-5"
+    with pytest.raises(DataError) as err:
+        check(write(tmp_path / "neg.csv", rows), LOAD, CPU)
+    assert "row(s) 11 (-5.0)" in str(err.value) and "np.float64" not in str(err.value)
+
+
+def test_decimal_comma(tmp_path: Path, rows: list[list[str]]) -> None:
+    c = col(rows, "load")
+    unquoted = tmp_path / "comma.csv"
+    lines = [",".join(rows[0])] + [
+        ",".join(v.replace(".", ",") if k == c else v for k, v in enumerate(r)) for r in rows[1:]
+    ]
+    unquoted.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        check(unquoted)
+    msg = str(err.value)
+    assert "row 2 has 13 fields but the header has 12" in msg and "unquoted decimal comma" in msg
+    semi = write(
+        tmp_path / "semi.csv",
+        [[v.replace(".", ",") if k == c else v for k, v in enumerate(r)] for r in rows],
+        ";",
+    )
+    with pytest.raises(
+        DataError, match=r"not a number at row\(s\) 2 \('1,88'\).*decimal point \(1\.5, not 1,5\)"
+    ):
+        check(semi)
+
+
+def test_jittered_timestamps_keep_the_standard_step(tmp_path: Path, rows: list[list[str]]) -> None:
+    """Timestamps of the real 10-min export moved by up to +-40 s (as a scraper's are): the step inferred is
+    10 min, not the median's 601 s, it is said in a note, and every row lands on its own grid point."""
+    shifts = np.random.default_rng(0).integers(-40, 41, size=len(rows) - 1)
+    jittered = [rows[0]]
+    for r, shift in zip(rows[1:], shifts, strict=True):
+        t = pd.Timestamp(r[0]) + pd.Timedelta(seconds=int(shift))
+        jittered.append([t.strftime("%Y-%m-%d %H:%M:%S"), *r[1:]])
+    trace = check(write(tmp_path / "jit.csv", jittered))
+    assert trace.frequency == pd.Timedelta("10min")
+    (note,) = trace.notes
+    assert note.startswith("sampling step taken as 10min: the median step between rows is ")
+    rep = trace.reports["jit"]
+    assert rep.duplicates_merged == 0 and rep.gap_points == 0 and len(trace["jit"]) == 60
+    assert trace["jit"]["load"].tolist() == [float(r[1]) for r in rows[1:]]
+    clean = check(write(tmp_path / "clean.csv", rows))
+    assert clean.notes == ()  # an exact schedule needs no note
+
+
+def test_plots_show_the_zone_the_data_was_written_in(tmp_path: Path, rows: list[list[str]]) -> None:
+    from harmony.data.plot import display_zone, plot_series
+
+    local = check(write(tmp_path / "local.csv", rows), timezone="Europe/Amsterdam")
+    assert display_zone(local) == "Europe/Amsterdam"
+    offset = [rows[0]] + [[r[0].replace(" ", "T") + "+02:00", *r[1:]] for r in rows[1:]]
+    trace = check(write(tmp_path / "offset.csv", offset))
+    assert display_zone(trace) == "+02:00" and trace["offset"].index[0] == pd.Timestamp("2018-07-23 22:00Z")
+    assert display_zone(check(write(tmp_path / "utc.csv", rows))) == "UTC"
+    png = plot_series(trace, "offset", tmp_path / "offset.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_card_keeps_the_zone_its_file_was_written_in(tmp_path: Path, rows: list[list[str]]) -> None:
+    from harmony.data.plot import display_zone
+
+    offset = [rows[0]] + [[r[0].replace(" ", "T") + "-05:00", *r[1:]] for r in rows[1:]]
+    write(tmp_path / "offset.csv", offset)
+    card = tmp_path / "offset.yaml"
+    card.write_text(
+        f"name: offset\nloader: table\nfrequency: 10min\nlicense: own\nsource: a cut of Fisher\n"
+        f"directory: {tmp_path}\noptions: {{path: offset.csv, timestamp_column: date}}\n"
+        "indicators:\n  - {name: load, unit: u, level: 1, kind: demand, capacity_per_replica: 5}\n"
+    )
+    trace = load(str(card))
+    assert display_zone(trace) == "-05:00" and trace.card is not None and trace.card.name == "offset"

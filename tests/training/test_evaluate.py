@@ -115,3 +115,18 @@ def test_compared_models_share_the_budget_and_normalisation_and_only_ablations_g
         model = reg[name](spec, **compared_hparams(cfg, name))
         if name != "seasonal_naive":
             assert model.model.norm.window_cap == 0.02
+
+
+def test_a_seasonal_naive_shorter_than_its_season_is_called_persistence(load_trace) -> None:  # type: ignore[no-untyped-def]
+    from harmony.model.base import ForecastSpec
+    from harmony.model.seasonal_naive import SeasonalNaiveForecaster
+    from harmony.training.evaluate import notes
+
+    trace = load_trace("fisher_containers").select(series=["container1"])
+    short = SeasonalNaiveForecaster(ForecastSpec.for_trace(trace, lookback=72, horizon=3, targets=["load"]))
+    day = SeasonalNaiveForecaster(ForecastSpec.for_trace(trace, lookback=144, horizon=3, targets=["load"]))
+    (note,) = notes([short, day])
+    assert note.startswith(
+        "seasonal_naive is last-value persistence here: its lookback (72 steps) is shorter than its season "
+        "(144 steps"
+    )

@@ -4,6 +4,7 @@ model, registration, and a killed run resumed to the very weights of an uninterr
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -445,3 +446,30 @@ def test_torch_threads_sets_the_count_inside_the_block_and_restores_it() -> None
     assert torch.get_num_threads() == before  # restored on an error too
     with torch_threads(None):  # trainer.num_threads: null leaves torch's count as it is
         assert torch.get_num_threads() == before
+
+
+# --- scoring a trained forecaster without training ------------------------------------------------------
+
+
+def test_evaluate_a_trained_model_gives_the_training_runs_numbers(
+    trained: tuple[TrainResult, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, d = trained
+    monkeypatch.chdir(d)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d / 'mlflow.db'}")
+    expected = ", ".join(
+        f"{k} {result.metrics['test/' + k]:.4g}"
+        for k in ("crps", "wql", "mase", "coverage_50", "coverage_90", "pit_coverage_90")
+    )
+    for uri in (str(result.output_dir), result.run_id, f"runs:/{result.run_id}", str(result.model_uri)):
+        assert main(["evaluate", "--model", uri]) == 0, uri
+        printed = capsys.readouterr().out
+        assert f"test       {expected}  ({int(result.metrics['test/windows'])} windows)" in printed, uri
+        assert f"training run {result.run_id}" in printed  # the config came from the run
+        assert "trained seasonal_naive in" in printed and "trained harmony" not in printed  # no retraining
+        assert re.search(r"^harmony\s+[\d.]+", printed, re.M)  # the side-by-side table against the baseline
+    assert main(["evaluate", "--model", "nowhere"]) == 2
+    assert "--model 'nowhere': not a folder, and not an MLflow URI" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(result.forecaster_dir), "--config", str(FISHER)]) == 2
+    err = capsys.readouterr().err
+    assert "the model does not fit the configuration's data" in err and "lookback: the config's 144" in err

@@ -3,6 +3,7 @@ column), described by a card with `loader: table` or by command-line indicator d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def load_table(
     p = Path(path)
     if not any(s.kind is Kind.DEMAND for s in indicators):
         raise CardError("declare at least one demand indicator (kind 'demand' with a capacity per replica)")
+    notes: list[str] = []
+    meta: dict[str, str] = {}
     raw = read_table(
         p,
         timestamp_column=timestamp_column,
@@ -40,10 +43,12 @@ def load_table(
         series_column=series_column,
         delimiter=delimiter,
         timezone=timezone,
+        notes=notes,
+        meta=meta,
     )
     ids = select_ids(raw, series, name or p.stem)
     raw = {k: raw[k] for k in ids}
-    freq = frequency or infer_frequency(raw)
+    freq = frequency or infer_frequency(raw, notes)
     card = DatasetCard(
         name=name or p.stem,
         title=f"user table {p.name}",
@@ -55,9 +60,14 @@ def load_table(
         citation=(),
         source=str(p),
         cleaning=cleaning or CleaningRules(),
-        options={"path": str(p), "timestamp_column": timestamp_column, "series_column": series_column},
+        options={
+            "path": str(p),
+            "timestamp_column": timestamp_column,
+            "series_column": series_column,
+            "display_timezone": meta.get("display_timezone", "UTC"),
+        },
     )
-    return assemble(card, raw, {k: str(p) for k in raw})
+    return assemble(card, raw, {k: str(p) for k in raw}, notes=notes)
 
 
 @register_loader("table")
@@ -80,5 +90,7 @@ def load_table_card(card: DatasetCard, root: Path, series: Sequence[str] | None)
         name=card.name,
         series=series,
     )
-    trace.card = card
+    # The card stays the trace's card, with the zone the file was written in (for plots).
+    zone = trace.card.options.get("display_timezone", "UTC") if trace.card is not None else "UTC"
+    trace.card = dataclasses.replace(card, options={**card.options, "display_timezone": zone})
     return trace
