@@ -195,7 +195,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             run_note = f", training run {trained.run_id}" if trained.run_id else ""
             print(f"model      {trained.forecaster.name} from {trained.source}{run_note}", flush=True)
             scored = score_trained(
-                config, trained.forecaster, baseline=args.baseline, part=args.part, log=_say
+                config,
+                trained.forecaster,
+                baseline=args.baseline,
+                part=args.part,
+                log=_say,
+                executor=args.executor,
+                ray_address=args.ray_address,
             )
             evaluation = scored.comparison
             print(f"\n{part_words:<10} {_scores_line(scored.metrics)}  ({scored.windows} windows)")
@@ -203,7 +209,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 "           the training run's protocol: the same windows, draws and seed as its test scores"
             )
         else:
-            evaluation = compare(config, names, baseline=args.baseline, log=_say, part=args.part)
+            evaluation = compare(
+                config,
+                names,
+                baseline=args.baseline,
+                log=_say,
+                part=args.part,
+                executor=args.executor,
+                ray_address=args.ray_address,
+            )
     print(f"\nscored on the {part_words} part")
     print(format_summary(evaluation))
     mlflow.set_tracking_uri(tracking_uri())
@@ -394,6 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("test", "val"),
         default="test",
         help="split part to score on: test (default), or val to choose hyper-parameters without seeing test",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where the (model, series) scoring runs: this process (default) or Ray tasks ([ray] extra)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --executor ray: a cluster to join (auto, ray://host:10001); default RAY_ADDRESS, or local",
     )
     p.add_argument(
         "--set",

@@ -31,6 +31,7 @@ from harmony.backtest.replay import (
 )
 from harmony.backtest.sweep import Knobs, Replayed, replay_setting
 from harmony.data.trace import Trace
+from harmony.distributed import connect_ray
 from harmony.model.base import Forecaster
 from harmony.model.classical import ForecastStats
 
@@ -238,16 +239,6 @@ class RayExecutor:
     workers: int | None = None
     name: str = "ray"
 
-    def _connect(self) -> None:
-        import ray
-
-        if not ray.is_initialized():
-            # The driver's own log lines are the backtest's; the workers' go to Ray's log files.
-            ray.init(
-                address=self.address, log_to_driver=False, include_dashboard=False, configure_logging=False
-            )
-        self._ready = True
-
     def part(
         self,
         datas: Sequence[SeriesData],
@@ -258,11 +249,9 @@ class RayExecutor:
         window: int,
         seed_offset: int,
     ) -> RayPart:
-        import ray
-
-        self._connect()
+        ray = connect_ray(self.address)
         groups = group_series(datas, self.series_per_group)
-        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        resources: dict[str, float] = ray.cluster_resources()
         n = self.workers or max(1, int(resources.get("CPU", 1)))
         n = min(n, len(groups))
         shares: list[list[tuple[list[SeriesData], int]]] = [[] for _ in range(n)]

@@ -10,7 +10,7 @@ indicators have different units, models are compared by ratios to the baseline (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,11 @@ class Evaluation:
     baseline: str
 
 
+# (model name, series, histories [W, L, N], last times [W], actual [W, H, T], training part [steps, T])
+Job = tuple[str, str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+Common = tuple[Sequence[str], int, int, int]  # targets, draws per window, seed, season
+
+
 def evaluate(
     trace: Trace,
     split: Split,
@@ -47,8 +52,14 @@ def evaluate(
     seed: int = 0,
     part: Part = "test",
     log: Callable[[str], None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> Evaluation:
-    """Score every model on the windows of `part`; `log` takes progress lines (models x series scored)."""
+    """Score every model on the windows of `part`; `log` takes progress lines (models x series scored).
+
+    `executor` "ray" scores each (model, series) as a Ray task (`ray_address` as in
+    harmony.distributed.connect_ray), each model shipped once through the object store; every series draws
+    with the same seed wherever it runs, so the tables are those of the local executor."""
     if not models:
         raise ValueError("no models to evaluate")
     specs = {m.spec for m in models.values()}
@@ -62,31 +73,86 @@ def evaluate(
         )
     if season is None:
         season = max(1, round(86_400 / spec.frequency_s))
-    rows: list[dict[str, Any]] = []
     progress = None
     if log is not None:
         total = len(models) * len(windows.series)
         progress = Progress(f"scoring the {part} part", total, log=log, unit="model x series")
-    for name, model in models.items():
-        for sid in windows.series:
-            draws = model.sample(windows.history[sid], n_samples, windows.last_time[sid], seed=seed)
+    jobs: list[Job] = [
+        (name, sid, windows.history[sid], windows.last_time[sid], windows.actual[sid], windows.train[sid])
+        for name in models
+        for sid in windows.series
+    ]
+    common: Common = (spec.targets, n_samples, seed, season)
+    rows: list[dict[str, Any]] = []
+    if executor == "local":
+        for job in jobs:
+            rows.extend(_score_series(models[job[0]], job, common))
             if progress is not None:
-                progress.advance(1, name)
-            # [W, S, H, T] -> per target: samples [S, W, H], actual [W, H]
-            for j, target in enumerate(spec.targets):
-                s = np.moveaxis(draws[..., j], 1, 0)
-                y = windows.actual[sid][..., j]
-                hist = windows.train[sid][:, j]
-                hist = hist[~np.isnan(hist)]
-                # MASE scales every horizon step by the series' own in-sample seasonal error.
-                scale_hist = np.repeat(hist[:, None], y.shape[1], axis=1) if hist.size > season + 1 else None
-                try:
-                    m = metrics.summarize(s, y, history=scale_hist, season=season)
-                except ValueError:  # a constant training history has no MASE scale: leave MASE out
-                    m = metrics.summarize(s, y, season=season)
-                rows.append({"model": name, "series": sid, "target": target, **m})
+                progress.advance(1, job[0])
+    elif executor == "ray":
+        rows = _score_on_ray(models, jobs, common, ray_address, progress)
+    else:
+        raise ValueError(f"unknown executor {executor!r}; expected local or ray")
     per = pd.DataFrame(rows).set_index(["model", "series", "target"]).sort_index()
     return Evaluation(per, summarize_relative(per, baseline), baseline)
+
+
+def _score_series(model: Forecaster, job: Job, common: Common) -> list[dict[str, Any]]:
+    """One model's metrics on one series' windows, per target."""
+    name, sid, history, last_time, actual, train = job
+    targets, n_samples, seed, season = common
+    draws = model.sample(history, n_samples, last_time, seed=seed)
+    rows = []
+    # [W, S, H, T] -> per target: samples [S, W, H], actual [W, H]
+    for j, target in enumerate(targets):
+        s = np.moveaxis(draws[..., j], 1, 0)
+        y = actual[..., j]
+        hist = train[:, j]
+        hist = hist[~np.isnan(hist)]
+        # MASE scales every horizon step by the series' own in-sample seasonal error.
+        scale_hist = np.repeat(hist[:, None], y.shape[1], axis=1) if hist.size > season + 1 else None
+        try:
+            m = metrics.summarize(s, y, history=scale_hist, season=season)
+        except ValueError:  # a constant training history has no MASE scale: leave MASE out
+            m = metrics.summarize(s, y, season=season)
+        rows.append({"model": name, "series": sid, "target": target, **m})
+    return rows
+
+
+def _score_remote(model: Forecaster, threads: int, job: Job, common: Common) -> list[dict[str, Any]]:
+    import torch
+
+    # The driver's thread count: the same arithmetic, hence the same draws, as in one process.
+    torch.set_num_threads(threads)
+    return _score_series(model, job, common)
+
+
+def _score_on_ray(
+    models: dict[str, Forecaster],
+    jobs: list[Job],
+    common: Common,
+    address: str | None,
+    progress: Progress | None,
+) -> list[dict[str, Any]]:
+    import torch
+
+    from harmony.distributed import connect_ray
+
+    ray = connect_ray(address)
+    refs = {name: ray.put(model) for name, model in models.items()}
+    task: Any = ray.remote(num_cpus=1)(_score_remote)
+    threads = torch.get_num_threads()
+    futures = [task.remote(refs[job[0]], threads, job, common) for job in jobs]
+    index = {f: k for k, f in enumerate(futures)}
+    done: list[list[dict[str, Any]]] = [[] for _ in futures]
+    pending = list(futures)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for f in ready:
+            done[index[f]] = ray.get(f)
+            if progress is not None:
+                progress.advance(1, jobs[index[f]][0])
+    return [row for rows in done for row in rows]
 
 
 def summarize_relative(per: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -147,6 +213,8 @@ def compare(
     baseline: str = "seasonal_naive",
     log: Any = print,
     part: Part = "test",
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> Evaluation:
     """Train every named model with a TrainConfig's data and geometry, then evaluate them side by side.
 
@@ -179,6 +247,8 @@ def compare(
         seed=config.trainer.seed,
         part=part,
         log=log,
+        executor=executor,
+        ray_address=ray_address,
     )
 
 
@@ -237,6 +307,8 @@ def score_trained(
     baseline: str = "seasonal_naive",
     part: Part = "test",
     log: Callable[[str], None] = print,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> TrainedScore:
     """Score `forecaster` on the data of `config` (its data and evaluation sections) without training it."""
     import harmony.model.registry  # noqa: F401
@@ -286,6 +358,8 @@ def score_trained(
         seed=config.trainer.seed,
         part=part,
         log=log,
+        executor=executor,
+        ray_address=ray_address,
     )
     return TrainedScore(run.metrics, run.n_windows, comparison)
 
