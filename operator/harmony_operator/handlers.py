@@ -22,7 +22,7 @@ import kopf
 
 from harmony_operator import GROUP, PLURAL, VERSION
 from harmony_operator.batching import BatchSampler
-from harmony_operator.kube import ApiError, KubeClient, NotFound, retrying
+from harmony_operator.kube import ApiError, KubeClient, NotFound, connection_info, load_credentials, retrying
 from harmony_operator.leader import LeaderElector
 from harmony_operator.metrics import OperatorMetrics
 from harmony_operator.models import ModelCache
@@ -147,8 +147,10 @@ class Runtime:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    # The same credentials loader as the operator's own calls (kubernetes_asyncio): every kubeconfig form,
+    # exec plugins and the in-cluster service account; kopf asks again when they expire or get a 401.
+    return await connection_info(await load_credentials())
 
 
 @kopf.on.startup()

@@ -22,6 +22,7 @@ import pytest
 import requests
 from kopf.testing import KopfRunner
 from operator_harness import (  # type: ignore[import-not-found]
+    CLIENT_CN,
     STEP_S,
     Cluster,
     Fault,
@@ -155,6 +156,9 @@ async def test_apply_scales_the_target_and_explains_the_decision(
     assert "harmony_operator_reconcile_seconds_bucket" in metrics
     assert "harmony_operator_leader 1.0" in metrics
     assert "harmony_operator_inference_batch_size 1.0" in metrics  # one resource, one per batch
+    # Every request, kopf's watches and the operator's own calls, came over TLS with the kubeconfig's
+    # embedded client certificate.
+    assert cluster.peers and set(cluster.peers) == {CLIENT_CN}
 
 
 async def test_recommend_mode_never_patches_the_target(
