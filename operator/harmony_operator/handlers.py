@@ -1,18 +1,25 @@
-"""kopf wiring: one daemon per HarmonyAutoscaler runs `Reconciler.reconcile` every interval.
+"""kopf wiring: one daemon per HarmonyAutoscaler runs `Runtime.step` (a reconcile and its writes).
 
 Settings come from `configure(OperatorOptions)` (the CLI) or, when started as `kopf run -m
 harmony_operator.handlers`, from the environment (`OperatorOptions.from_env`). kopf runs standalone (no
 peering objects); one-active-instance is the Lease in `harmony_operator.leader`. A standby instance's
-daemons wait without touching the cluster until it holds the lease. Handler results are never returned,
-so kopf writes nothing into `.status` beside what the reconciler writes.
+daemons wait without touching the cluster until it holds the lease, and every write is fenced by it.
+Handler results are never returned, so kopf writes nothing into `.status` beside what the reconciler writes.
+
+Level-triggered: the daemon sleeps until its next interval *or* until a watch event shows a new generation
+(a spec edit) or a changed pause annotation (`on_event`), so an edit acts within a moment, not after the
+old interval. A step never raises: an unexpected exception ends in `Ready=False/InternalError` and a Warning
+event, the decision memory in status is kept, and the loop retries with back-off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +29,26 @@ import kopf
 
 from harmony_operator import GROUP, PLURAL, VERSION
 from harmony_operator.batching import BatchSampler
-from harmony_operator.kube import ApiError, KubeClient, NotFound, connection_info, load_credentials, retrying
-from harmony_operator.leader import LeaderElector
+from harmony_operator.kube import (
+    ApiError,
+    KubeClient,
+    NotFound,
+    NotLeader,
+    connection_info,
+    load_credentials,
+    retrying,
+)
+from harmony_operator.leader import LeaderElector, default_identity
 from harmony_operator.metrics import OperatorMetrics
 from harmony_operator.models import ModelCache
 from harmony_operator.prometheus import PrometheusClient
-from harmony_operator.reconcile import Reconciler, ReconcilerSettings
+from harmony_operator.reconcile import Event, Outcome, Reconciler, ReconcilerSettings
 
-__all__ = ["OperatorOptions", "Runtime", "configure"]
+__all__ = ["PAUSED_ANNOTATION", "OperatorOptions", "Runtime", "configure"]
 
 log = logging.getLogger(__name__)
+
+PAUSED_ANNOTATION = f"{GROUP}/paused"
 
 # Every status key the reconciler may write: a patch sets the ones it did not write this time to null, so
 # the status never shows a stale probability or forecast next to a fresh fallback decision.
@@ -65,6 +82,11 @@ class OperatorOptions:
     model_cache_dir: str | None = None
     # Newest sample older than max(3 model steps, this) = stale; raise it for slowly scraped metrics.
     min_staleness_s: float = 120.0
+    # client-go's defaults: a lease of 15 s, given up 10 s after the last renewal, renewed every 2 s.
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+    identity: str | None = None
 
     @classmethod
     def from_env(cls) -> OperatorOptions:
@@ -81,6 +103,9 @@ class OperatorOptions:
             num_samples=int(os.environ.get("HARMONY_NUM_SAMPLES", "100")),
             model_cache_dir=os.environ.get("HARMONY_MODEL_CACHE_DIR") or None,
             min_staleness_s=float(os.environ.get("HARMONY_MIN_STALENESS_S", "120")),
+            lease_duration_s=float(os.environ.get("HARMONY_LEASE_DURATION_S", "15")),
+            renew_deadline_s=float(os.environ.get("HARMONY_RENEW_DEADLINE_S", "10")),
+            retry_period_s=float(os.environ.get("HARMONY_RETRY_PERIOD_S", "2")),
         )
 
 
@@ -98,7 +123,9 @@ class Runtime:
     def __init__(self, options: OperatorOptions) -> None:
         self.options = options
         self.metrics = OperatorMetrics()
-        self.kube = KubeClient()
+        self.identity = options.identity or default_identity()
+        # Every status and /scale write is fenced: asked of the lease right before it goes out.
+        self.kube = KubeClient(user_agent=f"harmony-operator/{self.identity}", guard=lambda: self.is_leader)
         self.http = aiohttp.ClientSession()
         self.prometheus = PrometheusClient(options.prometheus_url, self.http)
         self.models = ModelCache(Path(options.model_cache_dir) if options.model_cache_dir else None)
@@ -112,6 +139,8 @@ class Runtime:
             ReconcilerSettings(stale_min_s=options.min_staleness_s),
         )
         self.stop = asyncio.Event()
+        self._wakes: dict[tuple[str, str], asyncio.Event] = {}
+        self._acted: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.elector: LeaderElector | None = None
         self.elector_task: asyncio.Task[None] | None = None
         if options.leader_election:
@@ -121,6 +150,10 @@ class Runtime:
                 self.kube,
                 options.lease_namespace,
                 options.lease_name,
+                self.identity,
+                lease_s=options.lease_duration_s,
+                renew_deadline_s=options.renew_deadline_s,
+                retry_s=options.retry_period_s,
                 on_change=lambda leader: self.metrics.leader.set(1 if leader else 0),
             )
         else:
@@ -136,6 +169,88 @@ class Runtime:
         if self.elector is not None:
             await self.elector.try_acquire_or_renew()
             self.elector_task = asyncio.create_task(self.elector.run(self.stop))
+
+    # level-triggered wake-ups ---------------------------------------------------------------------------
+    def _wake(self, namespace: str, name: str) -> asyncio.Event:
+        return self._wakes.setdefault((namespace, name), asyncio.Event())
+
+    def notice(self, namespace: str, name: str, version: tuple[Any, ...]) -> None:
+        """A watch event: wake the resource's daemon if it acted on another generation or pause state."""
+        acted = self._acted.get((namespace, name))
+        if acted is not None and acted != version:
+            self._wake(namespace, name).set()
+
+    async def sleep(self, namespace: str, name: str, stopped: kopf.DaemonStopped, seconds: float) -> None:
+        """Until `seconds` pass, the daemon is stopped, or `notice` sees a change, whichever comes first."""
+        waiters = [
+            asyncio.ensure_future(self._wake(namespace, name).wait()),
+            asyncio.ensure_future(stopped.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._wakes.pop((namespace, name), None)
+        self._acted.pop((namespace, name), None)
+        self.reconciler.forget(namespace, name)
+
+    # one reconcile and its writes ------------------------------------------------------------------------
+    async def step(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        status: dict[str, Any],
+        generation: int | None,
+        *,
+        version: tuple[Any, ...] = (),
+        post_event: Callable[[Event], None] | None = None,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> float:
+        """Reconcile, then write the status and post the events (each write fenced); seconds until the next.
+
+        Never raises but for cancellation: a failure of any kind becomes a condition and an event.
+        """
+        self._acted[(namespace, name)] = version
+        self._wake(namespace, name).clear()
+        try:
+            outcome = await self.reconciler.reconcile(namespace, name, spec, status, generation)
+        except NotLeader as exc:
+            log.info("%s/%s: %s", namespace, name, exc)
+            return self.options.retry_period_s
+        except Exception as exc:  # the loop must survive anything; the failure is reported, not lost
+            log.exception("reconciling %s/%s failed", namespace, name)
+            outcome = self.reconciler.failure(namespace, name, spec, status, generation, exc)
+        if stopped():
+            return 0.0  # deleted (or shutting down) while deciding: write nothing more
+        await self.write(namespace, name, outcome, post_event)
+        return outcome.next_in_s
+
+    async def write(
+        self, namespace: str, name: str, outcome: Outcome, post_event: Callable[[Event], None] | None
+    ) -> None:
+        patch: dict[str, Any] = dict.fromkeys(STATUS_KEYS)
+        patch.update(outcome.status)
+        try:
+            await retrying(
+                functools.partial(self.kube.patch_status, GROUP, VERSION, PLURAL, namespace, name, patch)
+            )
+        except NotLeader as exc:
+            log.info("%s/%s: %s", namespace, name, exc)
+            return
+        except NotFound:
+            return
+        except ApiError as exc:
+            log.warning("%s/%s: could not write the status: %s", namespace, name, exc)
+        if post_event is not None:
+            for event in outcome.events:
+                if self.is_leader:  # events are writes too
+                    post_event(event)
 
     async def close(self) -> None:
         self.stop.set()
@@ -182,6 +297,19 @@ def probe_leader(memo: kopf.Memo, **_: Any) -> bool:
     return bool(runtime is not None and runtime.is_leader)
 
 
+def _version(meta: kopf.Meta) -> tuple[Any, ...]:
+    """What a daemon acts on beside the spec's content: the generation and the pause annotation."""
+    return (meta.get("generation"), (meta.get("annotations") or {}).get(PAUSED_ANNOTATION))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
+def on_event(namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    # Watch events only wake daemons; they write nothing (kopf keeps no progress for event handlers).
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        runtime.notice(namespace, name, _version(meta))
+
+
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30.0)  # type: ignore[arg-type]
 async def autoscale(
     stopped: kopf.DaemonStopped,
@@ -197,33 +325,27 @@ async def autoscale(
 ) -> None:
     runtime: Runtime = memo["runtime"]
     runtime.metrics.resources.inc()
+
+    def post(event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
+
     try:
         while not stopped:
             if not runtime.is_leader:
                 await stopped.wait(1.0)
                 continue
             generation = meta.get("generation")
-            outcome = await runtime.reconciler.reconcile(
-                namespace, name, dict(spec), dict(status), int(generation) if generation is not None else None
+            next_in = await runtime.step(
+                namespace,
+                name,
+                dict(spec),
+                dict(status),
+                int(generation) if generation is not None else None,
+                version=_version(meta),
+                post_event=post,
+                stopped=lambda: bool(stopped),
             )
-            if stopped:
-                break  # deleted (or shutting down) while deciding: write nothing more
-            patch: dict[str, Any] = dict.fromkeys(STATUS_KEYS)
-            patch.update(outcome.status)
-            try:
-                await retrying(
-                    functools.partial(
-                        runtime.kube.patch_status, GROUP, VERSION, PLURAL, namespace, name, patch
-                    )
-                )
-            except NotFound:
-                break
-            except ApiError as exc:
-                logger.warning("could not write the status: %s", exc)
-            for event in outcome.events:
-                kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
-            logger.info("%s", outcome.status.get("reason", outcome.status.get("conditions", [{}])[0]))
-            await stopped.wait(outcome.next_in_s)
+            await runtime.sleep(namespace, name, stopped, next_in)
     finally:
-        runtime.reconciler.forget(namespace, name)
+        runtime.forget(namespace, name)
         runtime.metrics.resources.dec()

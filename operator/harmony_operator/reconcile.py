@@ -12,7 +12,14 @@ benchmark and tests alike. Every fault ends in a defined state (docs/operator.md
     model unusable/absent   ModelLoaded=False/<reason>; the reactive fallback rule on current demand,
                             never below the replicas in place when any demand is unknown, Warning event
     forecast miscalibrated  ForecastCalibrated=False; the decider's own fallback rule
-    scale PATCH fails       retried (409 and 5xx) with back-off; then ScalingActive=False/ScaleFailed
+    scale PATCH fails       retried (409 and 5xx) with back-off; then Ready=False and
+                            ScalingActive=False/ScaleFailed
+    saved state from the future (a leader with a clock ahead wrote it): its stabilisation entries newer than
+                            now are dropped, Warning event ClockSkew; the calibration posterior is kept
+    not the leader any more `NotLeader` propagates: the caller writes nothing
+
+Whatever the early exit, the decision memory in status (`state`, `calibration`, `lastScaleTime`) is carried
+over, so a transient API error or a target missing for a while does not erase what was learnt.
 
 No path sets fewer than minReplicas (>= 1) replicas: the decision clips, and `_safe` clips again.
 """
@@ -35,17 +42,29 @@ from numpy.typing import NDArray
 from harmony.data.windows import MAX_MISSING_FRACTION, STALE_STEPS
 from harmony.decision import Decider, Decision, DecisionConfig
 from harmony_operator.batching import BatchSampler
-from harmony_operator.kube import ApiError, KubeClient, NotFound, retrying
+from harmony_operator.kube import ApiError, KubeClient, NotFound, NotLeader, retrying
 from harmony_operator.metrics import OperatorMetrics
 from harmony_operator.models import LoadedModel, ModelCache, ModelError, check_indicators
 from harmony_operator.prometheus import History, MetricsError, PrometheusClient
 from harmony_operator.spec import AutoscalerSpec, SpecError, parse_spec
 
-__all__ = ["Event", "Outcome", "Reconciler", "ReconcilerSettings"]
+__all__ = ["MEMORY_KEYS", "Event", "Outcome", "Reconciler", "ReconcilerSettings", "carry_memory"]
 
 log = logging.getLogger(__name__)
 
 CONDITIONS = ("Ready", "MetricsAvailable", "ModelLoaded", "ForecastCalibrated", "ScalingActive")
+# What a reconcile that ends early (or fails) must not erase from status: the decision module's memory.
+MEMORY_KEYS = ("state", "calibration", "lastScaleTime")
+
+
+def carry_memory(status: dict[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
+    """`status` with every memory key it does not set taken from the previous status."""
+    for key in MEMORY_KEYS:
+        if status.get(key) is None and old.get(key) is not None:
+            status[key] = old[key]
+    return status
+
+
 STATUS_QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -214,15 +233,18 @@ class Reconciler:
             status["observedGeneration"] = generation
         labels = (namespace, name)
 
-        def warn_once(reason: str, message: str) -> None:
-            # Persistent faults (a bad spec, a missing target) are announced when they start or change,
-            # not every interval; fallbacks and scales are announced every time.
-            if mem.last_warning.get(reason) != message:
+        def warn_once(reason: str, message: str, key: str | None = None) -> None:
+            # Persistent faults (a bad spec, a missing target, a fallback for the same cause) are announced
+            # when they start or change (`key`, else the message), not every interval; scales every time.
+            if mem.last_warning.get(reason) != (key or message):
                 events.append(Event("Warning", reason, message))
-                mem.last_warning[reason] = message
+                mem.last_warning[reason] = key or message
 
         def finish(next_in: float) -> Outcome:
             status["conditions"] = conds.render()
+            if status.get("state") is None and mem.decider is not None:
+                status["state"] = mem.decider.state_dict()
+            carry_memory(status, old)
             return Outcome(status, events, next_in)
 
         # 1. the spec --------------------------------------------------------------------------------------
@@ -237,6 +259,7 @@ class Reconciler:
             self.metrics.decisions.labels(*labels, "unknown", "invalid").inc()
             return finish(self._retry_in(mem, 60.0, transient=False))
         mem.last_warning.pop("InvalidSpec", None)
+        mem.last_warning.pop("InternalError", None)
         status["currentReplicas"] = old.get("currentReplicas")
 
         # 2. the target's /scale ---------------------------------------------------------------------------
@@ -298,6 +321,18 @@ class Reconciler:
         lead_steps = (model.forecaster.spec.lead_time + window[0]) if model is not None and window else 0
         dconfig = spec.decision_config(lead_steps=lead_steps)
         decider = self._decider(mem, dconfig, old.get("state"))
+        future = [t for t, _ in decider.stabilizer.state_dict() if t > now]
+        if future:
+            # Written by a leader whose clock ran ahead: those entries would stall the stabiliser ("time went
+            # backwards"); drop them, keep the rest (the calibration posterior has no timestamps).
+            decider.stabilizer.load_state_dict(
+                [(t, r) for t, r in decider.stabilizer.state_dict() if t <= now]
+            )
+            warn_once(
+                "ClockSkew",
+                f"saved stabilisation state ran up to {max(future) - now:.0f}s ahead of this operator's "
+                f"clock; dropped {len(future)} entr{'y' if len(future) == 1 else 'ies'}",
+            )
 
         # 5. the indicators' history -----------------------------------------------------------------------
         history: History | None = None
@@ -382,8 +417,11 @@ class Reconciler:
         if decision.fallback:
             reason_label = "metrics" if metrics_problem else ("model" if model_problem else "miscalibrated")
             self.metrics.fallbacks.labels(*labels, reason_label).inc()
-            events.append(Event("Warning", "Fallback", decision.reason))
+            warn_once("Fallback", decision.reason, key=reason_label)
+        else:
+            mem.last_warning.pop("Fallback", None)
         transient = False
+        scale_problem: str | None = None
         if spec.apply:
             if desired != current:
                 try:
@@ -392,8 +430,11 @@ class Reconciler:
                             namespace, spec.target_plural, spec.target_name, desired
                         )
                     )
+                except NotLeader:
+                    raise
                 except ApiError as exc:
                     msg = f"scaling {spec.target_kind} {spec.target_name} to {desired} failed: {exc}"
+                    scale_problem = msg
                     conds.set("ScalingActive", False, "ScaleFailed", msg)
                     events.append(Event("Warning", "ScaleFailed", msg))
                     self.metrics.scale_patches.labels(*labels, "error").inc()
@@ -446,14 +487,55 @@ class Reconciler:
         self._calibration_condition(conds, decider)
         self.metrics.desired.labels(*labels).set(desired)
 
-        ready_problem = metrics_problem
-        if ready_problem is None:
-            conds.set("Ready", True, "Deciding", decision.reason)
+        if metrics_problem is not None:
+            conds.set("Ready", False, "MetricsUnavailable", f"holding replicas: {metrics_problem}")
+        elif scale_problem is not None:
+            conds.set("Ready", False, "ScaleFailed", scale_problem)
         else:
-            conds.set("Ready", False, "MetricsUnavailable", f"holding replicas: {ready_problem}")
+            conds.set("Ready", True, "Deciding", decision.reason)
         status["conditions"] = conds.render()
         next_in = self._retry_in(mem, spec.interval_s, transient=transient or metrics_problem is not None)
         return Outcome(status, events, next_in, decision)
+
+    def failure(
+        self,
+        namespace: str,
+        name: str,
+        spec_raw: Mapping[str, Any],
+        status_raw: Mapping[str, Any] | None,
+        generation: int | None,
+        exc: BaseException,
+    ) -> Outcome:
+        """The outcome of a reconcile that raised: Ready=False/InternalError, a Warning event when the
+        error changes, the decision memory kept, and the next try sooner (back-off capped at the interval)."""
+        now = self.clock()
+        old = dict(status_raw or {})
+        mem = self._memory.setdefault((namespace, name), _Memory())
+        conds = _Conditions(old.get("conditions"), now, generation)
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        conds.set("Ready", False, "InternalError", message)
+        conds.set(
+            "ScalingActive", None, "InternalError", "no decision this interval; replicas left as they are"
+        )
+        status: dict[str, Any] = {"lastDecisionTime": _iso(now), "conditions": conds.render()}
+        for key in ("currentReplicas", "desiredReplicas"):
+            if old.get(key) is not None:
+                status[key] = old[key]
+        if generation is not None:
+            status["observedGeneration"] = generation
+        if mem.decider is not None:
+            status["state"] = mem.decider.state_dict()
+        carry_memory(status, old)
+        events: list[Event] = []
+        if mem.last_warning.get("InternalError") != message:
+            events.append(Event("Warning", "InternalError", message))
+            mem.last_warning["InternalError"] = message
+        self.metrics.errors.labels(namespace, name, "InternalError").inc()
+        try:
+            interval = parse_spec(spec_raw).interval_s
+        except (SpecError, TypeError, ValueError):
+            interval = 60.0
+        return Outcome(status, events, self._retry_in(mem, interval, transient=True))
 
     # helpers ------------------------------------------------------------------------------------------
     def _retry_in(self, mem: _Memory, interval_s: float, *, transient: bool) -> float:

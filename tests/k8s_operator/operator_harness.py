@@ -83,13 +83,15 @@ def _merge_diff(old: Any, new: Any) -> Any:
 
 @dataclass
 class Fault:
-    """Answer `times` requests of `method` whose path ends with `path_suffix` with HTTP `status`."""
+    """Answer `times` requests of `method` whose path ends with `path_suffix` with HTTP `status`
+    (only those from the client whose User-Agent ends with `agent`, when set)."""
 
     method: str
     path_suffix: str
     status: int
     times: int = 1_000_000
     hits: int = 0
+    agent: str | None = None  # only requests whose User-Agent ends with this
 
 
 class Cluster(kmock.KubernetesEmulator):
@@ -127,6 +129,7 @@ class Cluster(kmock.KubernetesEmulator):
                 fault.hits < fault.times
                 and str(request.method).upper().endswith(fault.method)
                 and request.url.path.endswith(fault.path_suffix)
+                and (fault.agent is None or str(request.headers.get("User-Agent", "")).endswith(fault.agent))
             ):
                 fault.hits += 1
                 return await self._error(request, fault.status)

@@ -193,6 +193,40 @@ async def test_leader_election_one_holder_takeover_and_release(cluster: Cluster)
         assert cluster.objects["coordination.k8s.io/v1/leases", "ops", "lease"]["spec"]["leaseTransitions"] == 2
 
 
+async def test_leader_election_ignores_the_holders_wall_clock(cluster: Cluster) -> None:
+    """Wall clocks 8 s and 1 h apart: the takeover still waits a lease duration of the contender's own
+    monotonic time after the last change it saw, and the holder stops acting before that."""
+    mono_a, mono_b = Clock(100.0), Clock(5_000.0)  # monotonic clocks have unrelated origins
+    wall = 1_800_000_000.0
+    async with KubeClient() as kube:
+        a = LeaderElector(kube, "ops", "lease", "a", lease_s=15, renew_deadline_s=10, retry_s=2,
+                          clock=mono_a, wall_clock=lambda: wall + mono_a.t)
+        b = LeaderElector(kube, "ops", "lease", "b", lease_s=15, renew_deadline_s=10, retry_s=2,
+                          clock=mono_b, wall_clock=lambda: wall + mono_a.t + 8)  # 8 s ahead of a's
+        assert await a.try_acquire_or_renew() is True
+        assert await b.try_acquire_or_renew() is False  # b: renewTime looks 8 s old; irrelevant
+        for _ in range(5):  # a renews every 2 s; b never takes over
+            mono_a.t += 2
+            mono_b.t += 2
+            assert await a.try_acquire_or_renew() is True
+            assert await b.try_acquire_or_renew() is False
+        b.wall_clock = lambda: wall + mono_a.t + 3600  # even an hour of skew
+        # a stalls (no renewals): it stops acting after 10 s; b waits 15 s from the last change it saw.
+        for step in range(1, 15):
+            mono_a.t += 1
+            mono_b.t += 1
+            assert a.is_leader is (step < 10)
+            assert await b.try_acquire_or_renew() is False
+            assert not (a.is_leader and b.is_leader)
+        mono_a.t += 1
+        mono_b.t += 1
+        assert await b.try_acquire_or_renew() is True
+        assert not a.is_leader
+        assert await a.try_acquire_or_renew() is False  # a sees b's lease: stays a follower
+    with pytest.raises(ValueError, match="renew deadline"):
+        LeaderElector(kube, "ops", "lease", "c", lease_s=10, renew_deadline_s=10)
+
+
 def lease_holder(cluster: Cluster) -> str:
     return str(cluster.objects["coordination.k8s.io/v1/leases", "ops", "lease"]["spec"]["holderIdentity"])
 
@@ -203,9 +237,12 @@ async def test_leader_election_loses_a_write_race(cluster: Cluster) -> None:
     async with KubeClient() as kube:
         first = LeaderElector(kube, "ops", "lease", "first", clock=clock)
         assert await first.try_acquire_or_renew() is True
-        clock.t += 60  # expired
         a = LeaderElector(kube, "ops", "lease", "a", clock=clock)
         b = LeaderElector(kube, "ops", "lease", "b", clock=clock)
+        # A newcomer first sees the lease and waits a whole lease duration from then (client-go's rule).
+        assert await a.try_acquire_or_renew() is False
+        assert await b.try_acquire_or_renew() is False
+        clock.t += 16  # first never renewed: expired by both contenders' own clocks
         won = await asyncio.gather(a.try_acquire_or_renew(), b.try_acquire_or_renew())
     assert sorted(won) == [False, True]
     assert lease_holder(cluster) == ("a" if won[0] else "b")
