@@ -40,9 +40,10 @@ from harmony_operator.kube import (
 )
 from harmony_operator.leader import LeaderElector, default_identity
 from harmony_operator.metrics import OperatorMetrics
-from harmony_operator.models import ModelCache
+from harmony_operator.models import ModelCache, ModelPolicy
 from harmony_operator.prometheus import PrometheusClient
 from harmony_operator.reconcile import Event, Outcome, Reconciler, ReconcilerSettings
+from harmony_operator.redact import redact
 
 __all__ = ["PAUSED_ANNOTATION", "OperatorOptions", "Runtime", "configure"]
 
@@ -87,6 +88,11 @@ class OperatorOptions:
     renew_deadline_s: float = 10.0
     retry_period_s: float = 2.0
     identity: str | None = None
+    # Tenancy and bounds on models (ModelPolicy): where model.uri may point, how big and slow a load may be.
+    model_uri_prefixes: tuple[str, ...] = ("models:/", "/models/")
+    model_max_bytes: int = 512 * 1024**2
+    model_load_timeout_s: float = 120.0
+    inference_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls) -> OperatorOptions:
@@ -106,6 +112,12 @@ class OperatorOptions:
             lease_duration_s=float(os.environ.get("HARMONY_LEASE_DURATION_S", "15")),
             renew_deadline_s=float(os.environ.get("HARMONY_RENEW_DEADLINE_S", "10")),
             retry_period_s=float(os.environ.get("HARMONY_RETRY_PERIOD_S", "2")),
+            model_uri_prefixes=tuple(
+                p for p in os.environ.get("HARMONY_MODEL_URI_PREFIXES", "models:/,/models/").split(",") if p
+            ),
+            model_max_bytes=int(os.environ.get("HARMONY_MODEL_MAX_BYTES", str(512 * 1024**2))),
+            model_load_timeout_s=float(os.environ.get("HARMONY_MODEL_LOAD_TIMEOUT_S", "120")),
+            inference_timeout_s=float(os.environ.get("HARMONY_INFERENCE_TIMEOUT_S", "30")),
         )
 
 
@@ -128,7 +140,12 @@ class Runtime:
         self.kube = KubeClient(user_agent=f"harmony-operator/{self.identity}", guard=lambda: self.is_leader)
         self.http = aiohttp.ClientSession()
         self.prometheus = PrometheusClient(options.prometheus_url, self.http)
-        self.models = ModelCache(Path(options.model_cache_dir) if options.model_cache_dir else None)
+        self.models = ModelCache(
+            Path(options.model_cache_dir) if options.model_cache_dir else None,
+            policy=ModelPolicy(
+                tuple(options.model_uri_prefixes), options.model_max_bytes, options.model_load_timeout_s
+            ),
+        )
         self.sampler = BatchSampler(options.num_samples)
         self.reconciler = Reconciler(
             self.kube,
@@ -136,7 +153,9 @@ class Runtime:
             self.models,
             self.sampler,
             self.metrics,
-            ReconcilerSettings(stale_min_s=options.min_staleness_s),
+            ReconcilerSettings(
+                stale_min_s=options.min_staleness_s, inference_timeout_s=options.inference_timeout_s
+            ),
         )
         self.stop = asyncio.Event()
         self._wakes: dict[tuple[str, str], asyncio.Event] = {}
@@ -236,6 +255,11 @@ class Runtime:
     ) -> None:
         patch: dict[str, Any] = dict.fromkeys(STATUS_KEYS)
         patch.update(outcome.status)
+        # No credential in anything written: a URL with user:password@, a token in a query, a header.
+        for cond in patch.get("conditions") or []:
+            cond["message"] = redact(str(cond.get("message", "")))
+        if isinstance(patch.get("reason"), str):
+            patch["reason"] = redact(patch["reason"])
         try:
             await retrying(
                 functools.partial(self.kube.patch_status, GROUP, VERSION, PLURAL, namespace, name, patch)
@@ -250,7 +274,7 @@ class Runtime:
         if post_event is not None:
             for event in outcome.events:
                 if self.is_leader:  # events are writes too
-                    post_event(event)
+                    post_event(Event(event.type, event.reason, redact(event.message)))
 
     async def close(self) -> None:
         self.stop.set()

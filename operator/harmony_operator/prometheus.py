@@ -25,12 +25,14 @@ import aiohttp
 import numpy as np
 from numpy.typing import NDArray
 
+from harmony_operator.redact import redact
+
 __all__ = ["History", "MetricsError", "PrometheusClient"]
 
 
 class MetricsError(RuntimeError):
     def __init__(self, reason: str, message: str, indicator: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.reason = reason
         self.indicator = indicator
 
@@ -91,10 +93,10 @@ class PrometheusClient:
         if not result:
             raise MetricsError("NoData", f"query {query!r} returned no series", indicator)
         if len(result) > 1:
-            labels = [r.get("metric", {}) for r in result[:3]]
+            # Only the count: the series' label sets may belong to other tenants.
             raise MetricsError(
                 "AmbiguousQuery",
-                f"query {query!r} returned {len(result)} series (e.g. {labels}); aggregate it to one",
+                f"query {query!r} returned {len(result)} series; aggregate it to one (e.g. with sum())",
                 indicator,
             )
         out: list[tuple[float, float]] = []

@@ -26,6 +26,7 @@ No path sets fewer than minReplicas (>= 1) replicas: the decision clips, and `_s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -99,6 +100,8 @@ class ReconcilerSettings:
     stale_min_s: float = 120.0
     max_missing_fraction: float = MAX_MISSING_FRACTION
     retry_base_s: float = 5.0
+    # A forecast that takes longer is abandoned for the fallback rule (ModelLoaded=False/ForecastFailed).
+    inference_timeout_s: float = 30.0
 
 
 @dataclass
@@ -212,7 +215,10 @@ class Reconciler:
     ) -> Outcome:
         started = time.perf_counter()
         try:
-            return await self._reconcile(namespace, name, spec_raw, dict(status_raw or {}), generation)
+            outcome = await self._reconcile(namespace, name, spec_raw, dict(status_raw or {}), generation)
+            # A reconcile that ran through ends an InternalError episode: the next one is announced again.
+            self._memory[(namespace, name)].last_warning.pop("InternalError", None)
+            return outcome
         finally:
             self.metrics.loop_seconds.observe(time.perf_counter() - started)
 
@@ -259,7 +265,6 @@ class Reconciler:
             self.metrics.decisions.labels(*labels, "unknown", "invalid").inc()
             return finish(self._retry_in(mem, 60.0, transient=False))
         mem.last_warning.pop("InvalidSpec", None)
-        mem.last_warning.pop("InternalError", None)
         status["currentReplicas"] = old.get("currentReplicas")
 
         # 2. the target's /scale ---------------------------------------------------------------------------
@@ -389,15 +394,26 @@ class Reconciler:
             cols = [names.index(n) for n in fspec.indicators]
             seed = zlib.crc32(f"{namespace}/{name}/{int(history.times[-1])}".encode())
             try:
-                full = await self.sampler.sample(
-                    model.forecaster, history.values[-fspec.lookback :, cols], float(history.times[-1]), seed
+                full = await asyncio.wait_for(
+                    self.sampler.sample(
+                        model.forecaster,
+                        history.values[-fspec.lookback :, cols],
+                        float(history.times[-1]),
+                        seed,
+                    ),
+                    timeout=self.settings.inference_timeout_s,
                 )
                 draws = full[:, window, :]
                 self.metrics.batch_size.set(self.sampler.last_batch_size)
             except Exception as exc:
                 log.exception("sampling %s/%s failed", namespace, name)
-                model_problem = f"forecast failed ({type(exc).__name__}: {exc})"
-                conds.set("ModelLoaded", False, "ForecastFailed", str(exc))
+                why = (
+                    f"no forecast within {self.settings.inference_timeout_s:g}s"
+                    if isinstance(exc, TimeoutError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+                model_problem = f"forecast failed ({why})"
+                conds.set("ModelLoaded", False, "ForecastFailed", why)
         if draws is not None and model is not None:
             decision = decider.decide(
                 draws, list(model.forecaster.spec.targets), acting, now, current_demand=latest

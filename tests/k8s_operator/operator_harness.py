@@ -349,7 +349,7 @@ def _metadata(namespace: str, name: str) -> dict[str, Any]:
     }
 
 
-def add_deployment(cluster: Cluster, namespace: str, name: str, replicas: int = 1) -> None:
+def add_deployment(cluster: Cluster, namespace: str, name: str, replicas: int | str = 1) -> None:
     cluster.objects["apps/v1/deployments", namespace, name] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -359,13 +359,25 @@ def add_deployment(cluster: Cluster, namespace: str, name: str, replicas: int = 
     }
 
 
-def add_autoscaler(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    cluster.objects["harmony.dev/v1alpha1/harmonyautoscalers", namespace, name] = {
+def add_autoscaler(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    spec: dict[str, Any],
+    status: dict[str, Any] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> None:
+    obj: dict[str, Any] = {
         "apiVersion": "harmony.dev/v1alpha1",
         "kind": "HarmonyAutoscaler",
         "metadata": _metadata(namespace, name),
         "spec": spec,
     }
+    if status is not None:
+        obj["status"] = status
+    if annotations:
+        obj["metadata"]["annotations"] = dict(annotations)
+    cluster.objects["harmony.dev/v1alpha1/harmonyautoscalers", namespace, name] = obj
 
 
 # --- Prometheus backfilled with a real trace slice ---------------------------------------------------------

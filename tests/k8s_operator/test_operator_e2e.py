@@ -55,15 +55,20 @@ def k8s(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
 
 
 def _deployment(client: Any, ns: str, name: str) -> None:
-    client.AppsV1Api().create_namespaced_deployment(ns, {
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.9"}]}},
+    client.AppsV1Api().create_namespaced_deployment(
+        ns,
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.9"}]},
+                },
+            },
         },
-    })
+    )
 
 
 async def _wait(fn: Any, timeout: float = 90.0) -> Any:
@@ -86,9 +91,18 @@ async def test_e2e_apply_recommend_invalid_and_delete(
     apps = client.AppsV1Api()
 
     def create(name: str, spec: dict[str, Any]) -> None:
-        custom.create_namespaced_custom_object("harmony.dev", "v1alpha1", ns, "harmonyautoscalers", {
-            "apiVersion": "harmony.dev/v1alpha1", "kind": "HarmonyAutoscaler", "metadata": {"name": name},
-            "spec": spec})
+        custom.create_namespaced_custom_object(
+            "harmony.dev",
+            "v1alpha1",
+            ns,
+            "harmonyautoscalers",
+            {
+                "apiVersion": "harmony.dev/v1alpha1",
+                "kind": "HarmonyAutoscaler",
+                "metadata": {"name": name},
+                "spec": spec,
+            },
+        )
 
     def status(name: str) -> dict[str, Any]:
         obj = custom.get_namespaced_custom_object("harmony.dev", "v1alpha1", ns, "harmonyautoscalers", name)
@@ -96,8 +110,11 @@ async def test_e2e_apply_recommend_invalid_and_delete(
 
     for name in ("apply", "shadow"):
         _deployment(client, ns, name)
-        spec = autoscaler_spec(model={"uri": str(model_dir)}, scaleTargetRef={"kind": "Deployment", "name": name},
-                               mode="Apply" if name == "apply" else "Recommend")
+        spec = autoscaler_spec(
+            model={"uri": str(model_dir)},
+            scaleTargetRef={"kind": "Deployment", "name": name},
+            mode="Apply" if name == "apply" else "Recommend",
+        )
         spec["indicators"][0]["capacityPerReplica"] = 0.2
         create(name, spec)
     with pytest.raises(ApiException) as refused:
@@ -108,9 +125,12 @@ async def test_e2e_apply_recommend_invalid_and_delete(
     monkeypatch.setenv("HARMONY_METRICS_PORT", "0")
     monkeypatch.setenv("HARMONY_LEADER_ELECTION", "false")
     monkeypatch.setenv("HARMONY_MIN_STALENESS_S", "900")
-    with KopfRunner(["run", "--namespace", ns, "--standalone", "-m", "harmony_operator.handlers"],
-                    timeout=120) as runner:
-        await _wait(lambda: status("apply").get("desiredReplicas") and status("shadow").get("desiredReplicas"))
+    with KopfRunner(
+        ["run", "--namespace", ns, "--standalone", "-m", "harmony_operator.handlers"], timeout=120
+    ) as runner:
+        await _wait(
+            lambda: status("apply").get("desiredReplicas") and status("shadow").get("desiredReplicas")
+        )
         desired = status("apply")["desiredReplicas"]
         await _wait(lambda: apps.read_namespaced_deployment_scale("apply", ns).spec.replicas == desired)
         custom.delete_namespaced_custom_object("harmony.dev", "v1alpha1", ns, "harmonyautoscalers", "apply")

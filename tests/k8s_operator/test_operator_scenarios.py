@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
 import socket
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,10 +45,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The tests' models live in pytest's temporary directories; the chart's default allows only models:/ and
+# /models/.
+MODEL_PREFIXES = f"models:/,runs:/,{tempfile.gettempdir()}/"
+
+
 @contextmanager
 def running_operator(
-    monkeypatch: pytest.MonkeyPatch, prometheus_url: str, *, leader: bool = False, metrics_port: int = 0
+    monkeypatch: pytest.MonkeyPatch,
+    prometheus_url: str,
+    *,
+    leader: bool = False,
+    metrics_port: int = 0,
+    model_prefixes: str = MODEL_PREFIXES,
 ) -> Iterator[KopfRunner]:
+    monkeypatch.setenv("HARMONY_MODEL_URI_PREFIXES", model_prefixes)
     monkeypatch.setenv("HARMONY_PROMETHEUS_URL", prometheus_url)
     monkeypatch.setenv("HARMONY_METRICS_PORT", str(metrics_port))
     monkeypatch.setenv("HARMONY_LEADER_ELECTION", "true" if leader else "false")
@@ -350,3 +364,111 @@ async def test_deleted_resource_is_left_alone(
         or (r.data and isinstance(r.data, dict) and json.dumps(r.data).find('"gone"') >= 0)
     ]
     assert touching == []
+
+
+async def test_a_spec_edit_acts_within_one_short_interval(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recommend every hour, edited to Apply every 2 s: the edit is acted on at once, not in an hour."""
+    add_deployment(cluster, "shop", "edit", replicas=1)
+    spec = autoscaler_spec(
+        model={"uri": str(model_dir)},
+        mode="Recommend",
+        interval="1h",
+        scaleTargetRef={"kind": "Deployment", "name": "edit"},
+    )
+    spec["indicators"][0]["capacityPerReplica"] = 0.05  # any decision wants more than 1 replica
+    add_autoscaler(cluster, "shop", "edit", spec)
+    path = "/apis/harmony.dev/v1alpha1/namespaces/shop/harmonyautoscalers/edit"
+    with running_operator(monkeypatch, prometheus.url) as runner:
+        await wait_for(lambda: status(cluster, "shop", "edit").get("desiredReplicas") is not None)
+        assert replicas(cluster, "shop", "edit") == 1
+        edited = {**spec, "mode": "Apply", "interval": "2s"}
+        started = time.monotonic()
+        resp = await cluster.patch(
+            path, json={"spec": edited}, headers={"Content-Type": "application/merge-patch+json"}
+        )
+        assert resp.status == 200
+        await wait_for(lambda: replicas(cluster, "shop", "edit") > 1, timeout=30)
+        acted_after = time.monotonic() - started
+    assert runner.exception is None, runner.output
+    assert acted_after < 2.0 + 3.0, acted_after  # one short interval, plus a reconcile's own time
+    st = status(cluster, "shop", "edit")
+    assert st["observedGeneration"] == 2
+    assert replicas(cluster, "shop", "edit") == st["desiredReplicas"]
+
+
+async def test_every_exception_ends_in_a_condition_and_an_event(
+    cluster: Cluster,
+    prometheus: PrometheusServer,
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each exception class of issue 19 item 4: the loop survives it, the status and an event say why."""
+    from harmony_operator.spec import parse_spec
+
+    from harmony.decision import Decider
+
+    zero_step = tmp_path / "zero-step"
+    shutil.copytree(model_dir, zero_step)
+    meta = json.loads((zero_step / "forecaster.json").read_text())
+    meta["spec"]["frequency_s"] = 0.0
+    (zero_step / "forecaster.json").write_text(json.dumps(meta))
+    cache = tmp_path / "model-cache"
+    monkeypatch.setenv("HARMONY_MODEL_CACHE_DIR", str(cache))
+    cases: dict[str, dict[str, Any]] = {
+        "s3": autoscaler_spec(model={"uri": "s3://models/fisher-load"}),  # no boto3 in the image
+        "http": autoscaler_spec(model={"uri": "http://127.0.0.1:9/fisher-load"}),  # ValueError in MLflow
+        "zerostep": autoscaler_spec(model={"uri": str(zero_step)}),  # would divide by zero
+        "future": autoscaler_spec(model={"uri": str(model_dir)}),  # state from a clock an hour ahead
+        "garbled": autoscaler_spec(model={"uri": str(model_dir)}),  # the API answers replicas: "many"
+    }
+    future = Decider(parse_spec(cases["future"]).decision_config())
+    future.stabilizer.load_state_dict([(time.time() + 3600.0, 7)])
+    for name, spec in cases.items():
+        spec["scaleTargetRef"] = {"kind": "Deployment", "name": name}
+        add_deployment(cluster, "errs", name, replicas="many" if name == "garbled" else 3)
+        saved = {"state": future.state_dict()} if name == "future" else None
+        add_autoscaler(cluster, "errs", name, spec, status=saved)
+
+    def reconciles(name: str) -> int:
+        scale = f"/apis/apps/v1/namespaces/errs/deployments/{name}/scale"
+        return sum(1 for r in cluster if r.method == kmock.method.GET and r.url.path == scale)
+
+    with running_operator(
+        monkeypatch, prometheus.url, model_prefixes=f"{MODEL_PREFIXES},s3://models/,http://127.0.0.1:9/"
+    ) as runner:
+        await wait_for(lambda: all(condition(cluster, "errs", n, "Ready") for n in cases), timeout=45)
+        # The loops survive: every resource is reconciled again after its failure.
+        counts = {n: reconciles(n) for n in cases}
+        await wait_for(lambda: all(reconciles(n) > counts[n] for n in cases), timeout=30)
+    assert runner.exception is None, runner.output
+
+    def cond(name: str, type_: str) -> tuple[str, str]:
+        c = condition(cluster, "errs", name, type_)
+        return c.get("status", ""), c.get("reason", "")
+
+    for name in ("s3", "http"):
+        assert cond(name, "ModelLoaded") == ("False", "ModelNotFound"), status(cluster, "errs", name)
+        st = status(cluster, "errs", name)
+        assert st["fallback"] is True and cond(name, "Ready")[0] == "True"
+        assert {"ModelError", "Fallback"} <= {e["reason"] for e in events(cluster, "errs", name)}
+    assert "botocore" in condition(cluster, "errs", "s3", "ModelLoaded")["message"]
+    assert cond("zerostep", "ModelLoaded") == ("False", "ModelCorrupt")
+    assert "frequency_s must be > 0" in condition(cluster, "errs", "zerostep", "ModelLoaded")["message"]
+    # The failed downloads left nothing behind in the model cache.
+    assert list(cache.iterdir()) == []
+
+    # Saved state from the future: trimmed, announced, and the decision goes on from the forecast.
+    st = status(cluster, "errs", "future")
+    assert cond("future", "Ready") == ("True", "Deciding") and st["fallback"] is False
+    assert all(t <= time.time() for t, _ in st["state"]["stabilizer"])
+    assert [e["reason"] for e in events(cluster, "errs", "future")].count("ClockSkew") == 1
+
+    # Anything else: Ready=False/InternalError with the exception, one event, the target untouched.
+    c = condition(cluster, "errs", "garbled", "Ready")
+    assert (c["status"], c["reason"]) == ("False", "InternalError")
+    assert c["message"].startswith("ValueError: invalid literal for int()"), c
+    assert [e["reason"] for e in events(cluster, "errs", "garbled")].count("InternalError") == 1
+    assert scale_patches(cluster, "errs", "garbled") == []
