@@ -93,6 +93,7 @@ class OperatorOptions:
     model_max_bytes: int = 512 * 1024**2
     model_load_timeout_s: float = 120.0
     inference_timeout_s: float = 30.0
+    bind_address: str = "0.0.0.0"  # of /metrics (and, through the CLI, /healthz)
 
     @classmethod
     def from_env(cls) -> OperatorOptions:
@@ -118,6 +119,7 @@ class OperatorOptions:
             model_max_bytes=int(os.environ.get("HARMONY_MODEL_MAX_BYTES", str(512 * 1024**2))),
             model_load_timeout_s=float(os.environ.get("HARMONY_MODEL_LOAD_TIMEOUT_S", "120")),
             inference_timeout_s=float(os.environ.get("HARMONY_INFERENCE_TIMEOUT_S", "30")),
+            bind_address=os.environ.get("HARMONY_BIND_ADDRESS", "0.0.0.0"),
         )
 
 
@@ -134,6 +136,8 @@ class Runtime:
 
     def __init__(self, options: OperatorOptions) -> None:
         self.options = options
+        # MLflow's download progress bars write to stderr and break one-JSON-object-per-line logs.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.metrics = OperatorMetrics()
         self.identity = options.identity or default_identity()
         # Every status and /scale write is fenced: asked of the lease right before it goes out.
@@ -184,7 +188,7 @@ class Runtime:
 
     async def start(self) -> None:
         if self.options.metrics_port:
-            self.metrics.serve(self.options.metrics_port)
+            self.metrics.serve(self.options.metrics_port, self.options.bind_address)
         if self.elector is not None:
             await self.elector.try_acquire_or_renew()
             self.elector_task = asyncio.create_task(self.elector.run(self.stop))

@@ -9,8 +9,10 @@ Every failure becomes a `MetricsError` with a `reason` the operator puts in the 
     StaleData               the newest finite sample is older than the staleness limit
     InsufficientData        too many of the lookback's steps are missing or NaN to trust the rest
 
-Small gaps (NaN, missing steps) within the lookback are filled by linear interpolation over time, as the
-data layer does for the training traces, so the model sees the same kind of input it was trained on.
+Negative samples are treated as missing (no indicator is negative: a negative value is a delta across a
+counter reset). Small gaps (NaN, negative, missing steps) within the lookback are filled by linear
+interpolation over time, as the data layer does for the training traces, so the model sees the same kind
+of input it was trained on.
 """
 
 from __future__ import annotations
@@ -105,7 +107,10 @@ class PrometheusClient:
                 v = float(raw)
             except (TypeError, ValueError):
                 v = math.nan
-            out.append((float(ts), v if math.isfinite(v) else math.nan))
+            # Indicators are rates, levels and utilisations, never negative: a negative sample is a delta
+            # taken across a counter reset (e.g. `delta()` or `x - x offset 1m` on a counter); treat it as
+            # missing, like NaN, so the gap is interpolated rather than read as negative demand.
+            out.append((float(ts), v if math.isfinite(v) and v >= 0 else math.nan))
         return out
 
     async def history(
@@ -132,7 +137,9 @@ class PrometheusClient:
                     values[j, k] = v
             finite = np.flatnonzero(np.isfinite(values[:, k]))
             if finite.size == 0:
-                raise MetricsError("NoData", f"query {query!r} has no finite sample in the window", name)
+                raise MetricsError(
+                    "NoData", f"query {query!r} has no finite, non-negative sample in the window", name
+                )
             newest = grid[finite[-1]]
             if end - newest > stale_after_s:
                 raise MetricsError(

@@ -163,6 +163,8 @@ async def test_history_reads_back_the_real_trace(prometheus: PrometheusServer) -
     [
         ('fisher_never_exported{container="container1"}', "NoData"),
         ('fisher_load_nan{container="container1"}', "NoData"),
+        # Every sample negative (as a delta across counter resets would be): no usable sample.
+        ('-fisher_load{container="container1"}', "NoData"),
         ('fisher_load_stale{container="container1"}', "StaleData"),
         ('{__name__=~"fisher_load|fisher_cpu_cores"}', "AmbiguousQuery"),
         ("sum(fisher_load", "QueryError"),
