@@ -45,7 +45,7 @@ from harmony_operator.prometheus import PrometheusClient
 from harmony_operator.reconcile import Event, Outcome, Reconciler, ReconcilerSettings
 from harmony_operator.redact import redact
 
-__all__ = ["PAUSED_ANNOTATION", "OperatorOptions", "Runtime", "configure"]
+__all__ = ["PAUSED_ANNOTATION", "OperatorOptions", "Runtime", "configure", "is_paused"]
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,7 @@ class Runtime:
         generation: int | None,
         *,
         version: tuple[Any, ...] = (),
+        paused: bool = False,
         post_event: Callable[[Event], None] | None = None,
         stopped: Callable[[], bool] = lambda: False,
     ) -> float:
@@ -242,7 +243,9 @@ class Runtime:
         self._acted[(namespace, name)] = version
         self._wake(namespace, name).clear()
         try:
-            outcome = await self.reconciler.reconcile(namespace, name, spec, status, generation)
+            outcome = await self.reconciler.reconcile(
+                namespace, name, spec, status, generation, paused=paused
+            )
         except NotLeader as exc:
             log.info("%s/%s: %s", namespace, name, exc)
             return self.options.retry_period_s
@@ -325,6 +328,12 @@ def probe_leader(memo: kopf.Memo, **_: Any) -> bool:
     return bool(runtime is not None and runtime.is_leader)
 
 
+def is_paused(meta: kopf.Meta | dict[str, Any]) -> bool:
+    """KEDA's convention: the annotation `harmony.dev/paused: "true"` stops scaling, not deciding."""
+    value = (meta.get("annotations") or {}).get(PAUSED_ANNOTATION)
+    return str(value).strip().lower() == "true"
+
+
 def _version(meta: kopf.Meta) -> tuple[Any, ...]:
     """What a daemon acts on beside the spec's content: the generation and the pause annotation."""
     return (meta.get("generation"), (meta.get("annotations") or {}).get(PAUSED_ANNOTATION))
@@ -370,6 +379,7 @@ async def autoscale(
                 dict(status),
                 int(generation) if generation is not None else None,
                 version=_version(meta),
+                paused=is_paused(meta),
                 post_event=post,
                 stopped=lambda: bool(stopped),
             )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 CONDITIONS = ("Ready", "MetricsAvailable", "ModelLoaded", "ForecastCalibrated", "ScalingActive")
 # What a reconcile that ends early (or fails) must not erase from status: the decision module's memory.
-MEMORY_KEYS = ("state", "calibration", "lastScaleTime")
+MEMORY_KEYS = ("state", "calibration", "lastScaleTime", "health")
 
 
 def carry_memory(status: dict[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,10 +213,15 @@ class Reconciler:
         spec_raw: Mapping[str, Any],
         status_raw: Mapping[str, Any] | None,
         generation: int | None = None,
+        *,
+        paused: bool = False,
     ) -> Outcome:
+        """One reconcile; `paused` (the resource's pause annotation) decides and reports but never scales."""
         started = time.perf_counter()
         try:
-            outcome = await self._reconcile(namespace, name, spec_raw, dict(status_raw or {}), generation)
+            outcome = await self._reconcile(
+                namespace, name, spec_raw, dict(status_raw or {}), generation, paused
+            )
             # A reconcile that ran through ends an InternalError episode: the next one is announced again.
             self._memory[(namespace, name)].last_warning.pop("InternalError", None)
             return outcome
@@ -229,6 +235,7 @@ class Reconciler:
         spec_raw: Mapping[str, Any],
         old: dict[str, Any],
         generation: int | None,
+        paused: bool = False,
     ) -> Outcome:
         now = self.clock()
         mem = self._memory.setdefault((namespace, name), _Memory())
@@ -375,7 +382,8 @@ class Reconciler:
 
         # In shadow mode the replicas in place are someone else's: calibration, stabilisation and step limits
         # follow the replicas harmony would have set.
-        acting = current if spec.apply or mem.last_desired is None else mem.last_desired
+        apply = spec.apply and not paused
+        acting = current if apply or mem.last_desired is None else mem.last_desired
 
         # 6. calibration feedback and forecast error from what has been realised since the last decision ---
         latest: dict[str, float] | None = None
@@ -423,6 +431,27 @@ class Reconciler:
             why = metrics_problem or model_problem or "no forecast"
             decision = decider.decide(None, [], acting, now, current_demand=latest, fallback_reason=why)
         desired = self._safe(decision.replicas, spec)
+        # Health of the metrics (KEDA's per-trigger health): consecutive reconciles without usable metrics,
+        # kept in status so a restart or a new leader continues the count.
+        old_health = old.get("health") if isinstance(old.get("health"), Mapping) else {}
+        failures = int(old_health.get("consecutiveFailures", 0) or 0) + 1 if metrics_problem else 0
+        status["health"] = {
+            "status": "Failing" if metrics_problem else "Happy",
+            "consecutiveFailures": failures,
+        }
+        if metrics_problem:
+            status["health"]["lastFailure"] = metrics_problem
+        fixed = spec.fallback_replicas
+        if fixed is not None and failures >= spec.fallback_failure_threshold:
+            why = (
+                f"fallback replicas: metrics unusable for {failures} reconciles in a row "
+                f"(threshold {spec.fallback_failure_threshold}): {metrics_problem}"
+            )
+            desired = self._safe(fixed, spec)
+            decision = dataclasses.replace(decision, replicas=desired, reason=why, fallback=True)
+            warn_once("FallbackReplicas", why, key=str(fixed))
+        else:
+            mem.last_warning.pop("FallbackReplicas", None)
         mem.last_desired = desired
 
         # 8. act -------------------------------------------------------------------------------------------
@@ -438,7 +467,7 @@ class Reconciler:
             mem.last_warning.pop("Fallback", None)
         transient = False
         scale_problem: str | None = None
-        if spec.apply:
+        if apply:
             if desired != current:
                 try:
                     await retrying(
@@ -467,6 +496,13 @@ class Reconciler:
                 conds.set(
                     "ScalingActive", True, "Holding", f"{current} replicas are what the decision asks for"
                 )
+        elif paused:
+            conds.set(
+                "ScalingActive",
+                False,
+                "Paused",
+                f"annotation {self.api[0]}/paused: {desired} replicas recommended, the target is not scaled",
+            )
         else:
             conds.set(
                 "ScalingActive",

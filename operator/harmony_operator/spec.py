@@ -81,6 +81,9 @@ class AutoscalerSpec:
     max_scale_down_step: int | None
     fallback_target_utilization: float
     fallback_margin: float
+    # KEDA's fallback: fixed replicas once the metrics failed this many reconciles in a row (None = hold).
+    fallback_replicas: int | None = None
+    fallback_failure_threshold: int = 3
 
     @property
     def capacities(self) -> dict[str, float]:
@@ -249,6 +252,15 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
         fallback.get("targetUtilization", 0.7), "fallback.targetUtilization", low=0.0, high=1.0, open_low=True
     )
     margin = _number(fallback.get("safetyMargin", 0.1), "fallback.safetyMargin", low=0.0)
+    fallback_replicas = _int(fallback.get("replicas"), "fallback.replicas", minimum=1, optional=True)
+    threshold = _int(fallback.get("failureThreshold", 3), "fallback.failureThreshold", minimum=1)
+    assert threshold is not None
+    if fallback_replicas is not None and not min_replicas <= fallback_replicas <= max_replicas:
+        raise SpecError(
+            "fallback.replicas",
+            f"expected a count in [minReplicas, maxReplicas] = [{min_replicas}, {max_replicas}], "
+            f"got {fallback_replicas}",
+        )
 
     return AutoscalerSpec(
         target_api_version=api_version,
@@ -269,4 +281,6 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
         max_scale_down_step=down,
         fallback_target_utilization=target_util,
         fallback_margin=margin,
+        fallback_replicas=fallback_replicas,
+        fallback_failure_threshold=threshold,
     )

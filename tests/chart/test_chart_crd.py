@@ -80,6 +80,11 @@ def some_demand_indicator(spec: dict[str, Any]) -> bool:
     return any("capacityPerReplica" in indicator for indicator in spec["indicators"])
 
 
+def fallback_replicas_within_bounds(spec: dict[str, Any]) -> bool:
+    replicas = (spec.get("fallback") or {}).get("replicas")
+    return replicas is None or spec["minReplicas"] <= replicas <= spec["maxReplicas"]
+
+
 def interval_at_least_1s(interval: str) -> bool:
     # The same Go-duration grammar as the CRD's pattern; the operator's own parser reads it.
     from harmony_operator.spec import parse_duration
@@ -91,6 +96,8 @@ CEL_RULES: dict[str, Callable[[Any], bool]] = {
     "self.minReplicas <= self.maxReplicas": min_not_above_max,
     "self.indicators.exists(i, has(i.capacityPerReplica))": some_demand_indicator,
     "duration(self) >= duration('1s')": interval_at_least_1s,
+    "!has(self.fallback) || !has(self.fallback.replicas) || (self.fallback.replicas >= self.minReplicas && "
+    "self.fallback.replicas <= self.maxReplicas)": fallback_replicas_within_bounds,
 }
 
 
@@ -196,7 +203,7 @@ def test_schema_defaults_are_valid() -> None:
             count += check(node["items"])
         return count
 
-    assert check(served_schema()) == 17  # every default in the CRD was checked
+    assert check(served_schema()) == 18  # every default in the CRD was checked
 
 
 def test_example_is_a_gpu_inference_autoscaler() -> None:
@@ -234,7 +241,7 @@ def test_defaults_fill_the_optional_fields() -> None:
     )
     assert defaulted["slo"] == {"maxViolationProbability": 0.01}
     assert defaulted["cost"] == {"replicaHourPrice": 1, "violationPenalty": 0}
-    assert defaulted["fallback"] == {"targetUtilization": 0.7, "safetyMargin": 0.1}
+    assert defaulted["fallback"] == {"targetUtilization": 0.7, "safetyMargin": 0.1, "failureThreshold": 3}
     assert defaulted["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -270,6 +277,11 @@ def _indicators_without_query() -> list[dict[str, Any]]:
         ),
         pytest.param(
             with_spec(interval="1 minute"), [("$.spec.interval", "pattern")], id="interval-1-minute"
+        ),
+        pytest.param(
+            with_spec(fallback={"replicas": 99}),
+            [("$.spec", "cel: fallback.replicas must lie within minReplicas..maxReplicas")],
+            id="fallback-replicas-above-max",
         ),
         pytest.param(
             with_spec(interval="0s"),

@@ -472,3 +472,54 @@ async def test_every_exception_ends_in_a_condition_and_an_event(
     assert c["message"].startswith("ValueError: invalid literal for int()"), c
     assert [e["reason"] for e in events(cluster, "errs", "garbled")].count("InternalError") == 1
     assert scale_patches(cluster, "errs", "garbled") == []
+
+
+async def test_pause_annotation_and_fallback_replicas(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KEDA's paused annotation (decide, never scale; lifting it acts at once) and its fixed fallback replicas
+    after N reconciles without metrics, with the health counter in status."""
+    add_deployment(cluster, "keda", "paused", replicas=1)
+    paused = autoscaler_spec(
+        model={"uri": str(model_dir)}, scaleTargetRef={"kind": "Deployment", "name": "paused"}
+    )
+    paused["indicators"][0]["capacityPerReplica"] = 0.05  # any decision wants more than 1 replica
+    add_autoscaler(cluster, "keda", "paused", paused, annotations={"harmony.dev/paused": "true"})
+    add_deployment(cluster, "keda", "nometrics", replicas=1)
+    nometrics = autoscaler_spec(
+        'fisher_load_never_exported{container="container1"}',
+        model={"uri": str(model_dir)},
+        scaleTargetRef={"kind": "Deployment", "name": "nometrics"},
+        fallback={"replicas": 5, "failureThreshold": 2},
+    )
+    add_autoscaler(cluster, "keda", "nometrics", nometrics)
+    path = "/apis/harmony.dev/v1alpha1/namespaces/keda/harmonyautoscalers/paused"
+    with running_operator(monkeypatch, prometheus.url) as runner:
+        await wait_for(lambda: replicas(cluster, "keda", "nometrics") == 5, timeout=45)
+        await wait_for(lambda: status(cluster, "keda", "paused").get("desiredReplicas") is not None)
+        await asyncio.sleep(2.5)  # another interval: still paused
+        assert scale_patches(cluster, "keda", "paused") == []
+        c = condition(cluster, "keda", "paused", "ScalingActive")
+        assert (c["status"], c["reason"]) == ("False", "Paused")
+        assert status(cluster, "keda", "paused")["desiredReplicas"] > 1
+        started = time.monotonic()
+        resp = await cluster.patch(
+            path,
+            json={"metadata": {"annotations": {"harmony.dev/paused": "false"}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert resp.status == 200
+        await wait_for(lambda: replicas(cluster, "keda", "paused") > 1, timeout=20)
+        resumed_after = time.monotonic() - started
+    assert runner.exception is None, runner.output
+    assert resumed_after < 2.0 + 3.0, resumed_after
+
+    st = status(cluster, "keda", "nometrics")
+    assert st["health"]["status"] == "Failing" and st["health"]["consecutiveFailures"] >= 2
+    assert "NoData" in st["health"]["lastFailure"]
+    assert st["desiredReplicas"] == 5 and st["fallback"] is True
+    assert st["reason"].startswith("fallback replicas: metrics unusable for")
+    # Held at 1 for the first failure, 5 from the threshold on: one PATCH, one event.
+    assert [p.data for p in scale_patches(cluster, "keda", "nometrics")] == [{"spec": {"replicas": 5}}]
+    assert [e["reason"] for e in events(cluster, "keda", "nometrics")].count("FallbackReplicas") == 1
+    assert status(cluster, "keda", "paused")["health"] == {"status": "Happy", "consecutiveFailures": 0}

@@ -112,6 +112,8 @@ def test_minimal_spec_gets_the_crd_defaults() -> None:
         ({"model": {"uri": " "}}, "model.uri"),
         ({"behavior": {"maxScaleUpStep": 0}}, "behavior.maxScaleUpStep"),
         ({"fallback": {"targetUtilization": 0}}, "fallback.targetUtilization"),
+        ({"fallback": {"replicas": 11}}, "fallback.replicas"),  # above maxReplicas (10)
+        ({"fallback": {"replicas": 2, "failureThreshold": 0}}, "fallback.failureThreshold"),
     ],
 )
 def test_invalid_specs_name_the_field(change: dict[str, Any], field: str) -> None:
