@@ -433,7 +433,8 @@ class Reconciler:
         desired = self._safe(decision.replicas, spec)
         # Health of the metrics (KEDA's per-trigger health): consecutive reconciles without usable metrics,
         # kept in status so a restart or a new leader continues the count.
-        old_health = old.get("health") if isinstance(old.get("health"), Mapping) else {}
+        saved_health = old.get("health")
+        old_health: Mapping[str, Any] = saved_health if isinstance(saved_health, Mapping) else {}
         failures = int(old_health.get("consecutiveFailures", 0) or 0) + 1 if metrics_problem else 0
         status["health"] = {
             "status": "Failing" if metrics_problem else "Happy",
