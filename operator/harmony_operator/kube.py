@@ -311,14 +311,19 @@ class KubeClient:
         if key in self._targets:
             return self._targets[key]
         probe = ScaleTarget(api_version, kind, "")
-        data = await self.request("GET", probe.prefix, what=f"API discovery of {api_version}")
+        try:
+            data = await self.request("GET", probe.prefix, what=f"API discovery of {api_version}")
+        except NotFound:
+            raise NotFound(404, f"the API server serves no kind {kind} in {api_version}") from None
         resources = (data or {}).get("resources") or []
         names = {r.get("name") for r in resources if isinstance(r, Mapping)}
         for r in resources:
             if isinstance(r, Mapping) and r.get("kind") == kind and "/" not in str(r.get("name", "")):
                 plural = str(r["name"])
                 if f"{plural}/scale" not in names:
-                    raise NotFound(404, f"{kind} in {api_version} has no scale subresource")
+                    raise NotFound(
+                        404, f"{kind} ({api_version}) has no scale subresource: it cannot be scaled"
+                    )
                 target = ScaleTarget(api_version, kind, plural)
                 self._targets[key] = target
                 return target

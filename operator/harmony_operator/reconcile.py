@@ -17,6 +17,8 @@ benchmark and tests alike. Every fault ends in a defined state (docs/operator.md
     saved state from the future (a leader with a clock ahead wrote it): its stabilisation entries newer than
                             now are dropped, Warning event ClockSkew; the calibration posterior is kept
     not the leader any more `NotLeader` propagates: the caller writes nothing
+    another autoscaler      an HPA, a KEDA ScaledObject or an older HarmonyAutoscaler on the same target:
+                            Ready=False/ConflictingAutoscaler, Warning event; decides but never scales
 
 Whatever the early exit, the decision memory in status (`state`, `calibration`, `lastScaleTime`) is carried
 over, so a transient API error or a target missing for a while does not erase what was learnt.
@@ -103,6 +105,9 @@ class ReconcilerSettings:
     retry_base_s: float = 5.0
     # A forecast that takes longer is abandoned for the fallback rule (ModelLoaded=False/ForecastFailed).
     inference_timeout_s: float = 30.0
+    # How long a namespace's list of autoscalers (HPAs, ScaledObjects, HarmonyAutoscalers) is reused when
+    # looking for another autoscaler on the same target: bounds the API load to 3 lists per namespace.
+    conflict_cache_s: float = 10.0
 
 
 @dataclass
@@ -200,6 +205,7 @@ class Reconciler:
         self.clock = clock
         self.api = (group, version, plural)
         self._memory: dict[tuple[str, str], _Memory] = {}
+        self._autoscalers: dict[str, tuple[float, list[tuple[str, dict[str, Any]]]]] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self._memory.pop((namespace, name), None)
@@ -275,12 +281,25 @@ class Reconciler:
         status["currentReplicas"] = old.get("currentReplicas")
 
         # 2. the target's /scale ---------------------------------------------------------------------------
+        plural = spec.target_plural
         try:
+            if plural is None:
+                found = await retrying(
+                    lambda: self.kube.scale_target(spec.target_api_version, spec.target_kind)
+                )
+                plural = found.plural
+            target_plural = plural
             scale = await retrying(
-                lambda: self.kube.get_scale(namespace, spec.target_plural, spec.target_name)
+                lambda: self.kube.get_scale(
+                    namespace, target_plural, spec.target_name, api_version=spec.target_api_version
+                )
             )
-        except NotFound:
-            msg = f"{spec.target_kind} {namespace}/{spec.target_name} not found"
+        except NotFound as exc:
+            msg = (
+                f"{spec.target_kind} {namespace}/{spec.target_name} not found"
+                if plural is not None
+                else f"{spec.target_kind} {spec.target_name}: {exc}"
+            )
             conds.set("Ready", False, "TargetNotFound", msg)
             conds.set("ScalingActive", False, "TargetNotFound", msg)
             warn_once("TargetNotFound", msg)
@@ -299,6 +318,9 @@ class Reconciler:
         current = scale.spec_replicas
         status["currentReplicas"] = current
         self.metrics.current.labels(*labels).set(current)
+
+        # Shadow mode runs beside the autoscaler in charge by design: only a resource that scales checks.
+        conflicts = await self._conflicts(namespace, name, spec) if spec.apply and not paused else []
 
         # 3. the model -------------------------------------------------------------------------------------
         model: LoadedModel | None = None
@@ -382,7 +404,7 @@ class Reconciler:
 
         # In shadow mode the replicas in place are someone else's: calibration, stabilisation and step limits
         # follow the replicas harmony would have set.
-        apply = spec.apply and not paused
+        apply = spec.apply and not paused and not conflicts
         acting = current if apply or mem.last_desired is None else mem.last_desired
 
         # 6. calibration feedback and forecast error from what has been realised since the last decision ---
@@ -473,7 +495,11 @@ class Reconciler:
                 try:
                     await retrying(
                         lambda: self.kube.patch_scale(
-                            namespace, spec.target_plural, spec.target_name, desired
+                            namespace,
+                            target_plural,
+                            spec.target_name,
+                            desired,
+                            api_version=spec.target_api_version,
                         )
                     )
                 except NotLeader:
@@ -497,6 +523,13 @@ class Reconciler:
                 conds.set(
                     "ScalingActive", True, "Holding", f"{current} replicas are what the decision asks for"
                 )
+        elif conflicts:
+            msg = (
+                f"{', '.join(conflicts)} also scale{'s' if len(conflicts) == 1 else ''} {spec.target_kind} "
+                f"{spec.target_name}: not scaling ({desired} replicas recommended) until one autoscaler does"
+            )
+            conds.set("ScalingActive", False, "ConflictingAutoscaler", msg)
+            warn_once("ConflictingAutoscaler", msg, key=", ".join(conflicts))
         elif paused:
             conds.set(
                 "ScalingActive",
@@ -540,7 +573,11 @@ class Reconciler:
         self._calibration_condition(conds, decider)
         self.metrics.desired.labels(*labels).set(desired)
 
-        if metrics_problem is not None:
+        if not conflicts:
+            mem.last_warning.pop("ConflictingAutoscaler", None)
+        if conflicts:
+            conds.set("Ready", False, "ConflictingAutoscaler", f"also scaled by {', '.join(conflicts)}")
+        elif metrics_problem is not None:
             conds.set("Ready", False, "MetricsUnavailable", f"holding replicas: {metrics_problem}")
         elif scale_problem is not None:
             conds.set("Ready", False, "ScaleFailed", scale_problem)
@@ -589,6 +626,81 @@ class Reconciler:
         except (SpecError, TypeError, ValueError):
             interval = 60.0
         return Outcome(status, events, self._retry_in(mem, interval, transient=True))
+
+    # another autoscaler on the same target ---------------------------------------------------------------
+    _AUTOSCALER_KINDS = (
+        ("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+        ("keda.sh/v1alpha1", "scaledobjects", "ScaledObject"),
+    )
+
+    async def _listed(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, object) of every autoscaler in `namespace`, reused for `conflict_cache_s`."""
+        now = time.monotonic()
+        cached = self._autoscalers.get(namespace)
+        if cached is not None and now - cached[0] < self.settings.conflict_cache_s:
+            return cached[1]
+        group, version, plural = self.api
+        found: list[tuple[str, dict[str, Any]]] = []
+        for api_version, kind_plural, kind in (
+            *self._AUTOSCALER_KINDS,
+            (f"{group}/{version}", plural, "HarmonyAutoscaler"),
+        ):
+            try:
+                items = await self.kube.list_objects(api_version, kind_plural, namespace)
+            except NotFound:
+                items = []  # that kind is not installed (e.g. no KEDA)
+            found += [(kind, item) for item in items]
+        self._autoscalers[namespace] = (now, found)
+        return found
+
+    async def _conflicts(self, namespace: str, name: str, spec: AutoscalerSpec) -> list[str]:
+        """Other autoscalers of this resource's target: HPAs, ScaledObjects, and HarmonyAutoscalers in mode
+        Apply, not paused, created before this one (of two on one target, the older keeps scaling). A failed
+        check is no conflict."""
+        try:
+            listed = await self._listed(namespace)
+        except ApiError as exc:
+            log.warning("%s/%s: could not look for other autoscalers: %s", namespace, name, exc)
+            return []
+
+        def same_target(ref: Any) -> bool:
+            if not isinstance(ref, Mapping):
+                return False
+            group = str(ref.get("apiVersion") or "apps/v1").split("/")[0]
+            return (
+                ref.get("name") == spec.target_name
+                and (ref.get("kind") or "Deployment") == spec.target_kind
+                and group == spec.target_api_version.split("/")[0]
+            )
+
+        def age(obj: Mapping[str, Any]) -> tuple[str, str]:
+            meta = obj.get("metadata") or {}
+            return (str(meta.get("creationTimestamp") or ""), str(meta.get("name") or ""))
+
+        own = next(
+            (
+                o
+                for k, o in listed
+                if k == "HarmonyAutoscaler" and (o.get("metadata") or {}).get("name") == name
+            ),
+            {"metadata": {"name": name, "creationTimestamp": "9999"}},
+        )
+        group = self.api[0]
+        out = []
+        for kind, obj in listed:
+            other = str((obj.get("metadata") or {}).get("name") or "")
+            if not same_target((obj.get("spec") or {}).get("scaleTargetRef")):
+                continue
+            if kind == "HarmonyAutoscaler" and (
+                other == name
+                or age(obj) > age(own)
+                or (obj.get("spec") or {}).get("mode", "Apply") != "Apply"  # shadow mode never scales
+                or str(((obj.get("metadata") or {}).get("annotations") or {}).get(f"{group}/paused")).lower()
+                == "true"
+            ):
+                continue
+            out.append(f"{kind} {other}")
+        return sorted(out)
 
     # helpers ------------------------------------------------------------------------------------------
     def _retry_in(self, mem: _Memory, interval_s: float, *, transient: bool) -> float:

@@ -21,6 +21,13 @@ __all__ = ["AutoscalerSpec", "Indicator", "SpecError", "parse_duration", "parse_
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
+_KIND = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+_API_VERSION = re.compile(
+    r"^(?:[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?v[0-9]+(?:(?:alpha|beta)[0-9]+)?$"
+)
+# Kinds whose resource name is known without asking the API server; any other kind with a /scale
+# subresource (Argo Rollouts, LeaderWorkerSet, a custom resource) is found through API discovery.
+KNOWN_PLURALS = {("apps/v1", "Deployment"): "deployments", ("apps/v1", "StatefulSet"): "statefulsets"}
 
 
 class SpecError(ValueError):
@@ -94,8 +101,9 @@ class AutoscalerSpec:
         return self.mode == "Apply"
 
     @property
-    def target_plural(self) -> str:
-        return "deployments" if self.target_kind == "Deployment" else "statefulsets"
+    def target_plural(self) -> str | None:
+        """The target's resource name when known without discovery (Deployment, StatefulSet), else None."""
+        return KNOWN_PLURALS.get((self.target_api_version, self.target_kind))
 
     def decision_config(self, lead_steps: int = 0) -> DecisionConfig:
         """The `harmony.decision` settings this spec asks for (the same code the backtest runs)."""
@@ -160,14 +168,18 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
     ref = spec.get("scaleTargetRef")
     if not isinstance(ref, Mapping):
         raise SpecError(
-            "scaleTargetRef", "required: an object with the name of the Deployment or StatefulSet"
+            "scaleTargetRef", "required: an object with the name of a workload with a scale subresource"
         )
     api_version = ref.get("apiVersion", "apps/v1")
-    if api_version != "apps/v1":
-        raise SpecError("scaleTargetRef.apiVersion", f"expected 'apps/v1', got {api_version!r}")
+    if not isinstance(api_version, str) or not _API_VERSION.match(api_version):
+        raise SpecError(
+            "scaleTargetRef.apiVersion", f"expected an API version like 'apps/v1', got {api_version!r}"
+        )
     kind = ref.get("kind", "Deployment")
-    if kind not in ("Deployment", "StatefulSet"):
-        raise SpecError("scaleTargetRef.kind", f"expected 'Deployment' or 'StatefulSet', got {kind!r}")
+    if not isinstance(kind, str) or not _KIND.match(kind):
+        raise SpecError(
+            "scaleTargetRef.kind", f"expected a kind like 'Deployment' or 'Rollout', got {kind!r}"
+        )
     name = ref.get("name")
     if not isinstance(name, str) or not name:
         raise SpecError("scaleTargetRef.name", f"expected the target's name, got {name!r}")

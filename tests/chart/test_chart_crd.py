@@ -294,9 +294,14 @@ def _indicators_without_query() -> list[dict[str, Any]]:
             id="interval-500ms",
         ),
         pytest.param(
-            with_spec(scaleTargetRef={"kind": "DaemonSet", "name": "x"}),
-            [("$.spec.scaleTargetRef.kind", "enum")],
-            id="target-DaemonSet",
+            with_spec(scaleTargetRef={"kind": "daemon set", "name": "x"}),
+            [("$.spec.scaleTargetRef.kind", "pattern")],
+            id="target-kind-not-a-kind",
+        ),
+        pytest.param(
+            with_spec(scaleTargetRef={"apiVersion": "apps", "kind": "Deployment", "name": "x"}),
+            [("$.spec.scaleTargetRef.apiVersion", "pattern")],
+            id="target-apiVersion-without-version",
         ),
         pytest.param(with_spec(maxReplica=3), [("$.spec", "additionalProperties")], id="misspelt-field"),
         pytest.param(

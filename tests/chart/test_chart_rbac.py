@@ -28,6 +28,9 @@ WATCH_RULES = [
     rule(["harmony.dev"], ["harmonyautoscalers"], ["get", "list", "watch", "patch"]),
     rule(["harmony.dev"], ["harmonyautoscalers/status"], ["get", "patch"]),
     rule(["apps"], ["deployments/scale", "statefulsets/scale"], ["get", "patch"]),
+    # Listed only, to detect another autoscaler on the same target.
+    rule(["autoscaling"], ["horizontalpodautoscalers"], ["list"]),
+    rule(["keda.sh"], ["scaledobjects"], ["list"]),
     rule([""], ["events"], ["create"]),
 ]
 
@@ -158,3 +161,23 @@ def test_existing_service_account(helm: Helm) -> None:
     assert find(manifests, "ServiceAccount") == []
     for binding in find(manifests, "ClusterRoleBinding") + find(manifests, "RoleBinding"):
         assert binding["subjects"][0]["name"] == "platform-operator"
+
+
+def test_extra_scale_targets_grant_only_their_scale_subresource(helm: Helm) -> None:
+    manifests = helm.template(
+        values_with(
+            rbac={
+                "extraScaleTargets": [
+                    {"apiGroup": "argoproj.io", "resources": ["rollouts"]},
+                    {"apiGroup": "leaderworkerset.x-k8s.io", "resources": ["leaderworkersets"]},
+                ]
+            }
+        )
+    )
+    assert roles(manifests)["ClusterRole", None, "harmony-operator"] == sorted(
+        [
+            *WATCH_RULES,
+            rule(["argoproj.io"], ["rollouts/scale"], ["get", "patch"]),
+            rule(["leaderworkerset.x-k8s.io"], ["leaderworkersets/scale"], ["get", "patch"]),
+        ]
+    )

@@ -523,3 +523,128 @@ async def test_pause_annotation_and_fallback_replicas(
     assert [p.data for p in scale_patches(cluster, "keda", "nometrics")] == [{"spec": {"replicas": 5}}]
     assert [e["reason"] for e in events(cluster, "keda", "nometrics")].count("FallbackReplicas") == 1
     assert status(cluster, "keda", "paused")["health"] == {"status": "Happy", "consecutiveFailures": 0}
+
+
+async def test_any_scalable_kind_and_conflicting_autoscalers(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Argo Rollout found through API discovery is scaled through its /scale; kinds without one are
+    reported; an HPA, a KEDA ScaledObject or an older HarmonyAutoscaler on the same target stops scaling."""
+    cluster.resources["argoproj.io/v1alpha1/rollouts"] = kmock.ResourceInfo(
+        kind="Rollout",
+        namespaced=True,
+        singular="rollout",
+        verbs={"get", "list", "patch"},
+        subresources={"scale"},
+    )
+    cluster.resources["keda.sh/v1alpha1/scaledobjects"] = kmock.ResourceInfo(
+        kind="ScaledObject", namespaced=True, singular="scaledobject", verbs={"get", "list"}
+    )
+
+    def rollout_scale(request: kmock.Request) -> dict[str, Any]:
+        obj = cluster.objects["argoproj.io/v1alpha1/rollouts", request.namespace, request.name]
+        n = obj["spec"]["replicas"]
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "spec": {"replicas": n},
+            "status": {"replicas": n},
+        }
+
+    (
+        cluster["get", cluster.resource("argoproj.io/v1alpha1/rollouts"), cluster.subresource("scale")]
+        << rollout_scale
+    )
+    cluster.objects["argoproj.io/v1alpha1/rollouts", "multi", "canary"] = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "canary", "namespace": "multi"},
+        "spec": {"replicas": 1},
+    }
+    cluster.objects["autoscaling/v2/horizontalpodautoscalers", "multi", "web-hpa"] = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web-hpa", "namespace": "multi"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "withhpa"}},
+    }
+    cluster.objects["keda.sh/v1alpha1/scaledobjects", "multi", "queue"] = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "queue", "namespace": "multi"},
+        "spec": {"scaleTargetRef": {"name": "withkeda"}},  # KEDA's defaults: apps/v1 Deployment
+    }
+
+    def spec_for(api_version: str, kind: str, target: str) -> dict[str, Any]:
+        spec = autoscaler_spec(
+            model={"uri": str(model_dir)},
+            scaleTargetRef={"apiVersion": api_version, "kind": kind, "name": target},
+        )
+        spec["indicators"][0]["capacityPerReplica"] = 0.05  # any decision wants more than 1 replica
+        return spec
+
+    for target in ("withhpa", "withkeda", "twice"):
+        add_deployment(cluster, "multi", target, replicas=1)
+    resources = {
+        "rollout": spec_for("argoproj.io/v1alpha1", "Rollout", "canary"),
+        "widget": spec_for("example.com/v1", "Widget", "w"),
+        "daemonset": spec_for("apps/v1", "DaemonSet", "agents"),
+        "withhpa": spec_for("apps/v1", "Deployment", "withhpa"),
+        "withkeda": spec_for("apps/v1", "Deployment", "withkeda"),
+        "first": spec_for("apps/v1", "Deployment", "twice"),
+        "second": spec_for("apps/v1", "Deployment", "twice"),
+        "shadow": {**spec_for("apps/v1", "Deployment", "withhpa"), "mode": "Recommend"},
+    }
+    for name, spec in resources.items():
+        add_autoscaler(cluster, "multi", name, spec)
+    for name, created in (("first", "2026-01-01T00:00:00Z"), ("second", "2026-06-01T00:00:00Z")):
+        cluster.objects[HMA, "multi", name].patch({"metadata": {"creationTimestamp": created}})
+
+    with running_operator(monkeypatch, prometheus.url) as runner:
+        await wait_for(lambda: all(condition(cluster, "multi", n, "Ready") for n in resources), timeout=45)
+        await wait_for(
+            lambda: (
+                cluster.objects["argoproj.io/v1alpha1/rollouts", "multi", "canary"]["spec"]["replicas"] > 1
+            )
+        )
+        await asyncio.sleep(2.5)  # another interval for every loop
+    assert runner.exception is None, runner.output
+
+    def cond(name: str, type_: str) -> tuple[str, str, str]:
+        c = condition(cluster, "multi", name, type_)
+        return c.get("status", ""), c.get("reason", ""), c.get("message", "")
+
+    rollout = [
+        r
+        for r in cluster
+        if r.method == kmock.method.PATCH
+        and r.url.path == "/apis/argoproj.io/v1alpha1/namespaces/multi/rollouts/canary/scale"
+    ]
+    # Scaled through the Rollout's own /scale, to the decision.
+    assert rollout and rollout[-1].data == {
+        "spec": {"replicas": status(cluster, "multi", "rollout")["desiredReplicas"]}
+    }
+    assert cluster.objects["argoproj.io/v1alpha1/rollouts", "multi", "canary"]["spec"]["replicas"] > 1
+    assert cond("rollout", "Ready")[:2] == ("True", "Deciding")
+    assert cond("widget", "Ready")[:2] == ("False", "TargetNotFound")
+    assert "serves no kind Widget in example.com/v1" in cond("widget", "Ready")[2]
+    assert cond("daemonset", "Ready")[:2] == ("False", "TargetNotFound")
+    assert "has no scale subresource" in cond("daemonset", "Ready")[2]
+
+    for name, other in (
+        ("withhpa", "HorizontalPodAutoscaler web-hpa"),
+        ("withkeda", "ScaledObject queue"),
+        ("second", "HarmonyAutoscaler first"),
+    ):
+        target = resources[name]["scaleTargetRef"]["name"]
+        assert cond(name, "Ready") == ("False", "ConflictingAutoscaler", f"also scaled by {other}"), name
+        assert cond(name, "ScalingActive")[:2] == ("False", "ConflictingAutoscaler")
+        assert status(cluster, "multi", name)["desiredReplicas"] > 1  # still decides
+        assert [e["reason"] for e in events(cluster, "multi", name)].count("ConflictingAutoscaler") == 1
+        if name != "second":
+            assert scale_patches(cluster, "multi", target) == []
+    # Shadow mode runs beside the autoscaler in charge by design: no conflict.
+    assert cond("shadow", "Ready")[:2] == ("True", "Deciding")
+    assert cond("shadow", "ScalingActive")[:2] == ("False", "RecommendOnly")
+    # Of two HarmonyAutoscalers on one target the older scales, alone.
+    assert cond("first", "Ready")[:2] == ("True", "Deciding")
+    assert replicas(cluster, "multi", "twice") == status(cluster, "multi", "first")["desiredReplicas"] > 1
