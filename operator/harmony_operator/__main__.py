@@ -11,6 +11,7 @@ import sys
 import kopf
 
 from harmony_operator import handlers
+from harmony_operator.prometheus import PrometheusAuth
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +33,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prometheus-url",
         default=os.environ.get("HARMONY_PROMETHEUS_URL", ""),
         help="base URL of the Prometheus HTTP API [$HARMONY_PROMETHEUS_URL]",
+    )
+    p.add_argument(
+        "--prometheus-bearer-token-file",
+        metavar="PATH",
+        help="a bearer token for Prometheus (re-read each query)",
+    )
+    p.add_argument(
+        "--prometheus-username-file", metavar="PATH", help="basic auth for Prometheus: the username"
+    )
+    p.add_argument(
+        "--prometheus-password-file", metavar="PATH", help="basic auth for Prometheus: the password"
+    )
+    p.add_argument("--prometheus-ca-file", metavar="PATH", help="CA bundle for an https Prometheus")
+    p.add_argument(
+        "--prometheus-url-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a resource's spec.prometheus.url may start with this (repeatable; default: none allowed)",
+    )
+    p.add_argument(
+        "--query-namespace-label",
+        metavar="LABEL",
+        help='each selector in a resource\'s queries must have LABEL="<its namespace>" (default off)',
     )
     p.add_argument("--metrics-port", type=int, default=9090, help="port of /metrics (0 = off)")
     p.add_argument("--health-port", type=int, default=8080, help="port of /healthz (0 = off)")
@@ -101,6 +126,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(not prefix.strip() for prefix in args.model_uri_prefix):
         p.error("--model-uri-prefix must not be empty")
     args.model_uri_prefix = args.model_uri_prefix or ["models:/", "/models/"]
+    try:
+        args.prometheus_auth = PrometheusAuth(
+            bearer_token_file=args.prometheus_bearer_token_file,
+            username_file=args.prometheus_username_file,
+            password_file=args.prometheus_password_file,
+            ca_file=args.prometheus_ca_file,
+        )
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 
@@ -129,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
             model_load_timeout_s=args.model_load_timeout,
             inference_timeout_s=args.inference_timeout,
             bind_address=args.bind_address,
+            prometheus_auth=args.prometheus_auth,
+            prometheus_url_prefixes=tuple(args.prometheus_url_prefix),
+            query_namespace_label=args.query_namespace_label or None,
         )
     )
     host = f"[{args.bind_address}]" if ":" in args.bind_address else args.bind_address

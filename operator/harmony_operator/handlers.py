@@ -41,7 +41,7 @@ from harmony_operator.kube import (
 from harmony_operator.leader import LeaderElector, default_identity
 from harmony_operator.metrics import OperatorMetrics
 from harmony_operator.models import ModelCache, ModelPolicy
-from harmony_operator.prometheus import PrometheusClient
+from harmony_operator.prometheus import PrometheusAuth, PrometheusClient
 from harmony_operator.reconcile import Event, Outcome, Reconciler, ReconcilerSettings
 from harmony_operator.redact import redact
 
@@ -94,6 +94,10 @@ class OperatorOptions:
     model_load_timeout_s: float = 120.0
     inference_timeout_s: float = 30.0
     bind_address: str = "0.0.0.0"  # of /metrics (and, through the CLI, /healthz)
+    # Credentials and CA for --prometheus-url, from mounted Secret files; servers resources may name.
+    prometheus_auth: PrometheusAuth | None = None
+    prometheus_url_prefixes: tuple[str, ...] = ()
+    query_namespace_label: str | None = None  # the per-namespace query guard (harmony_operator.queryguard)
 
     @classmethod
     def from_env(cls) -> OperatorOptions:
@@ -120,6 +124,16 @@ class OperatorOptions:
             model_load_timeout_s=float(os.environ.get("HARMONY_MODEL_LOAD_TIMEOUT_S", "120")),
             inference_timeout_s=float(os.environ.get("HARMONY_INFERENCE_TIMEOUT_S", "30")),
             bind_address=os.environ.get("HARMONY_BIND_ADDRESS", "0.0.0.0"),
+            prometheus_auth=PrometheusAuth(
+                bearer_token_file=os.environ.get("HARMONY_PROMETHEUS_BEARER_TOKEN_FILE") or None,
+                username_file=os.environ.get("HARMONY_PROMETHEUS_USERNAME_FILE") or None,
+                password_file=os.environ.get("HARMONY_PROMETHEUS_PASSWORD_FILE") or None,
+                ca_file=os.environ.get("HARMONY_PROMETHEUS_CA_FILE") or None,
+            ),
+            prometheus_url_prefixes=tuple(
+                p for p in os.environ.get("HARMONY_PROMETHEUS_URL_PREFIXES", "").split(",") if p
+            ),
+            query_namespace_label=os.environ.get("HARMONY_QUERY_NAMESPACE_LABEL") or None,
         )
 
 
@@ -142,8 +156,10 @@ class Runtime:
         self.identity = options.identity or default_identity()
         # Every status and /scale write is fenced: asked of the lease right before it goes out.
         self.kube = KubeClient(user_agent=f"harmony-operator/{self.identity}", guard=lambda: self.is_leader)
-        self.http = aiohttp.ClientSession()
-        self.prometheus = PrometheusClient(options.prometheus_url, self.http)
+        auth = options.prometheus_auth
+        tls = auth.ssl_context() if auth is not None else None
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls) if tls else None)
+        self.prometheus = PrometheusClient(options.prometheus_url, self.http, auth=auth)
         self.models = ModelCache(
             Path(options.model_cache_dir) if options.model_cache_dir else None,
             policy=ModelPolicy(
@@ -158,7 +174,10 @@ class Runtime:
             self.sampler,
             self.metrics,
             ReconcilerSettings(
-                stale_min_s=options.min_staleness_s, inference_timeout_s=options.inference_timeout_s
+                stale_min_s=options.min_staleness_s,
+                inference_timeout_s=options.inference_timeout_s,
+                prometheus_url_prefixes=tuple(options.prometheus_url_prefixes),
+                query_namespace_label=options.query_namespace_label,
             ),
         )
         self.stop = asyncio.Event()

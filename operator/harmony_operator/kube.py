@@ -238,6 +238,7 @@ class KubeClient:
         timeout_s: float = 15.0,
         user_agent: str = "harmony-operator",
         guard: Callable[[], bool] | None = None,
+        max_connections: int = 32,
     ) -> None:
         self._credentials = credentials
         self._client: ApiClient | None = None
@@ -246,6 +247,7 @@ class KubeClient:
         self._targets: dict[tuple[str, str], ScaleTarget] = {}
         self.user_agent = user_agent
         self.guard = guard
+        self.max_connections = max_connections
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -265,6 +267,9 @@ class KubeClient:
                 self._client = None
             if self._client is None:
                 creds = await self._credentials()
+                # The library's default pool is 5 connections per core: too few when hundreds of daemons
+                # reconcile at once (each waits for a connection instead of for the API server).
+                creds.configuration.connection_pool_maxsize = self.max_connections
                 client = ApiClient(configuration=creds.configuration)
                 client.user_agent = self.user_agent
                 self._client = client

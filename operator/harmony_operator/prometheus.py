@@ -3,6 +3,7 @@
 Every failure becomes a `MetricsError` with a `reason` the operator puts in the MetricsAvailable condition:
 
     PrometheusUnreachable   connection refused, timeout, or an HTTP 5xx from Prometheus
+    PrometheusUnauthorized  HTTP 401/403: the credentials (`PrometheusAuth`) are missing or refused
     QueryError              Prometheus rejected the query (HTTP 400/422, status "error")
     AmbiguousQuery          the query returned more than one series (aggregate it, e.g. with sum())
     NoData                  the query returned no series, or no finite sample in the window
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +31,7 @@ from numpy.typing import NDArray
 
 from harmony_operator.redact import redact
 
-__all__ = ["History", "MetricsError", "PrometheusClient"]
+__all__ = ["History", "MetricsError", "PrometheusAuth", "PrometheusClient"]
 
 
 class MetricsError(RuntimeError):
@@ -52,11 +54,53 @@ class History:
         return {n: float(self.values[-1, k]) for k, n in enumerate(self.names)}
 
 
+@dataclass(frozen=True)
+class PrometheusAuth:
+    """Credentials for Prometheus from mounted files (Kubernetes Secrets), read at every request so that a
+    rotated Secret is picked up without a restart: a bearer token, or a username and a password; and a CA
+    bundle for an https URL (used when the session is made, `ssl_context`)."""
+
+    bearer_token_file: str | None = None
+    username_file: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.bearer_token_file and (self.username_file or self.password_file):
+            raise ValueError("Prometheus auth: a bearer token or a username and password, not both")
+        if bool(self.username_file) != bool(self.password_file):
+            raise ValueError("Prometheus basic auth needs both a username file and a password file")
+
+    @staticmethod
+    def _read(path: str) -> str:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+
+    def headers(self) -> dict[str, str]:
+        if self.bearer_token_file:
+            return {"Authorization": f"Bearer {self._read(self.bearer_token_file)}"}
+        if self.username_file and self.password_file:
+            basic = aiohttp.BasicAuth(self._read(self.username_file), self._read(self.password_file))
+            return {"Authorization": basic.encode()}
+        return {}
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+
+
 class PrometheusClient:
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        *,
+        timeout_s: float = 10.0,
+        auth: PrometheusAuth | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.auth = auth
 
     async def query_range(
         self, query: str, start: float, end: float, step: float, *, indicator: str | None = None
@@ -65,7 +109,13 @@ class PrometheusClient:
         params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
         url = f"{self.base_url}/api/v1/query_range"
         try:
-            async with self.session.get(url, params=params, timeout=self.timeout) as resp:
+            headers = self.auth.headers() if self.auth is not None else {}
+        except OSError as exc:
+            raise MetricsError(
+                "PrometheusUnauthorized", f"Prometheus credentials unreadable: {exc}", indicator
+            ) from exc
+        try:
+            async with self.session.get(url, params=params, timeout=self.timeout, headers=headers) as resp:
                 status = resp.status
                 try:
                     body: Any = await resp.json(content_type=None)
@@ -75,6 +125,12 @@ class PrometheusClient:
             raise MetricsError(
                 "PrometheusUnreachable", f"Prometheus at {self.base_url} is unreachable: {exc!s}", indicator
             ) from exc
+        if status in (401, 403):
+            raise MetricsError(
+                "PrometheusUnauthorized",
+                f"Prometheus at {self.base_url} answered HTTP {status}: credentials missing or refused",
+                indicator,
+            )
         if status >= 500 and not (isinstance(body, dict) and body.get("errorType") == "execution"):
             raise MetricsError(
                 "PrometheusUnreachable", f"Prometheus at {self.base_url} answered HTTP {status}", indicator

@@ -50,6 +50,7 @@ from harmony_operator.kube import ApiError, KubeClient, NotFound, NotLeader, ret
 from harmony_operator.metrics import OperatorMetrics
 from harmony_operator.models import LoadedModel, ModelCache, ModelError, check_indicators
 from harmony_operator.prometheus import History, MetricsError, PrometheusClient
+from harmony_operator.queryguard import QueryNotAllowed, check_query
 from harmony_operator.spec import AutoscalerSpec, SpecError, parse_spec
 
 __all__ = ["MEMORY_KEYS", "Event", "Outcome", "Reconciler", "ReconcilerSettings", "carry_memory"]
@@ -108,6 +109,12 @@ class ReconcilerSettings:
     # How long a namespace's list of autoscalers (HPAs, ScaledObjects, HarmonyAutoscalers) is reused when
     # looking for another autoscaler on the same target: bounds the API load to 3 lists per namespace.
     conflict_cache_s: float = 10.0
+    # Prometheus servers a resource may name in spec.prometheus.url besides the operator's own (URL
+    # prefixes; none by default). They are queried without the operator's credentials.
+    prometheus_url_prefixes: tuple[str, ...] = ()
+    # When set, every series selector of a resource's queries must carry this label equal to the resource's
+    # namespace (harmony_operator.queryguard); None: no guard.
+    query_namespace_label: str | None = None
 
 
 @dataclass
@@ -206,6 +213,8 @@ class Reconciler:
         self.api = (group, version, plural)
         self._memory: dict[tuple[str, str], _Memory] = {}
         self._autoscalers: dict[str, tuple[float, list[tuple[str, dict[str, Any]]]]] = {}
+        self._servers: dict[str, PrometheusClient] = {}
+        self._listing: dict[str, asyncio.Lock] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self._memory.pop((namespace, name), None)
@@ -380,7 +389,13 @@ class Reconciler:
             steps = max(2, int(self.settings.fallback_window_s / step))
         end = math.floor(now / step) * step
         try:
-            history = await self.prometheus.history(
+            label = self.settings.query_namespace_label
+            for indicator in spec.indicators if label else ():
+                try:
+                    check_query(indicator.query, str(label), namespace)
+                except QueryNotAllowed as exc:
+                    raise MetricsError("QueryNotAllowed", str(exc), indicator.name) from None
+            history = await self._prometheus_for(spec).history(
                 queries,
                 end,
                 step,
@@ -627,6 +642,24 @@ class Reconciler:
             interval = 60.0
         return Outcome(status, events, self._retry_in(mem, interval, transient=True))
 
+    def _prometheus_for(self, spec: AutoscalerSpec) -> PrometheusClient:
+        """The operator's Prometheus, or the resource's own server when an allowed prefix covers it."""
+        url = (spec.prometheus_url or "").rstrip("/")
+        if not url or url == self.prometheus.base_url:
+            return self.prometheus
+        if not url.startswith(self.settings.prometheus_url_prefixes):
+            raise MetricsError(
+                "PrometheusNotAllowed",
+                f"spec.prometheus.url {url} is not under an allowed prefix "
+                f"{list(self.settings.prometheus_url_prefixes)} (the operator's --prometheus-url-prefix)",
+            )
+        client = self._servers.get(url)
+        if client is None:
+            # No credentials: the operator's own are for its own Prometheus, never for a tenant's server.
+            timeout = self.prometheus.timeout.total or 10.0
+            client = self._servers[url] = PrometheusClient(url, self.prometheus.session, timeout_s=timeout)
+        return client
+
     # another autoscaler on the same target ---------------------------------------------------------------
     _AUTOSCALER_KINDS = (
         ("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
@@ -634,11 +667,21 @@ class Reconciler:
     )
 
     async def _listed(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
-        """(kind, object) of every autoscaler in `namespace`, reused for `conflict_cache_s`."""
-        now = time.monotonic()
+        """(kind, object) of every autoscaler in `namespace`, reused for `conflict_cache_s`; concurrent
+        reconciles in one namespace share one listing (no thundering herd when all daemons align)."""
         cached = self._autoscalers.get(namespace)
-        if cached is not None and now - cached[0] < self.settings.conflict_cache_s:
+        if cached is not None and time.monotonic() - cached[0] < self.settings.conflict_cache_s:
             return cached[1]
+        lock = self._listing.setdefault(namespace, asyncio.Lock())
+        async with lock:
+            cached = self._autoscalers.get(namespace)
+            if cached is not None and time.monotonic() - cached[0] < self.settings.conflict_cache_s:
+                return cached[1]
+            found = await self._list_autoscalers(namespace)
+            self._autoscalers[namespace] = (time.monotonic(), found)
+            return found
+
+    async def _list_autoscalers(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
         group, version, plural = self.api
         found: list[tuple[str, dict[str, Any]]] = []
         for api_version, kind_plural, kind in (
@@ -650,7 +693,6 @@ class Reconciler:
             except NotFound:
                 items = []  # that kind is not installed (e.g. no KEDA)
             found += [(kind, item) for item in items]
-        self._autoscalers[namespace] = (now, found)
         return found
 
     async def _conflicts(self, namespace: str, name: str, spec: AutoscalerSpec) -> list[str]:

@@ -91,6 +91,7 @@ class AutoscalerSpec:
     # KEDA's fallback: fixed replicas once the metrics failed this many reconciles in a row (None = hold).
     fallback_replicas: int | None = None
     fallback_failure_threshold: int = 3
+    prometheus_url: str | None = None  # this resource's own Prometheus (must be allowed by the operator)
 
     @property
     def capacities(self) -> dict[str, float]:
@@ -274,6 +275,13 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
             f"got {fallback_replicas}",
         )
 
+    prometheus = _section(spec, "prometheus")
+    prometheus_url = prometheus.get("url")
+    if prometheus_url is not None and (
+        not isinstance(prometheus_url, str) or not re.match(r"^https?://[^\s/]+", prometheus_url)
+    ):
+        raise SpecError("prometheus.url", f"expected an http(s) URL of a Prometheus, got {prometheus_url!r}")
+
     return AutoscalerSpec(
         target_api_version=api_version,
         target_kind=kind,
@@ -295,4 +303,5 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
         fallback_margin=margin,
         fallback_replicas=fallback_replicas,
         fallback_failure_threshold=threshold,
+        prometheus_url=prometheus_url,
     )

@@ -139,11 +139,13 @@ def test_tenancy_leader_timing_and_bind_address_are_values(helm: Helm) -> None:
                     "retryPeriodSeconds": 4,
                 },
                 bindAddress="::",
+                tenancy={"queryNamespaceLabel": "namespace"},
             )
         )
     )
     args = container["args"]
     assert "--bind-address=::" in args
+    assert "--query-namespace-label=namespace" in args
     assert [a for a in args if a.startswith(("--lease-duration", "--renew-deadline", "--retry-period"))] == [
         "--lease-duration=30",
         "--renew-deadline=20",
@@ -161,6 +163,7 @@ def test_tenancy_leader_timing_and_bind_address_are_values(helm: Helm) -> None:
     assert parsed.model_uri_prefix == ["models:/team-a-", "/models/team-a/"]
     assert (parsed.lease_duration, parsed.renew_deadline, parsed.retry_period) == (30, 20, 4)
     assert (parsed.model_max_bytes, parsed.inference_timeout, parsed.bind_address) == (2147483648, 2.5, "::")
+    assert parsed.query_namespace_label == "namespace"
 
 
 @pytest.mark.parametrize(
@@ -278,3 +281,43 @@ def test_service_monitor_only_when_enabled(helm: Helm) -> None:
     assert monitor["spec"]["endpoints"] == [
         {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
     ]
+
+
+def test_prometheus_credentials_are_mounted_from_a_secret(helm: Helm) -> None:
+    from harmony_operator.__main__ import parse_args
+
+    manifests = helm.template(
+        values_with(
+            prometheus={
+                "url": "https://prometheus.monitoring.svc:9090",
+                "auth": {"secretName": "prom-creds", "bearerTokenKey": "token", "caKey": "ca.crt"},
+                "allowedUrlPrefixes": ["http://prometheus.team-a.svc:"],
+            }
+        )
+    )
+    container = operator_container(manifests)
+    assert [a for a in container["args"] if a.startswith("--prometheus-") and "-file=" in a] == [
+        "--prometheus-bearer-token-file=/etc/harmony/prometheus/token",
+        "--prometheus-ca-file=/etc/harmony/prometheus/ca.crt",
+    ]
+    assert "--prometheus-url-prefix=http://prometheus.team-a.svc:" in container["args"]
+    assert {"name": "prometheus-auth", "mountPath": "/etc/harmony/prometheus", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert {"name": "prometheus-auth", "secret": {"secretName": "prom-creds"}} in pod_spec(manifests)[
+        "volumes"
+    ]
+    parsed = parse_args(container["args"])
+    assert parsed.prometheus_auth.bearer_token_file == "/etc/harmony/prometheus/token"
+    assert parsed.prometheus_url_prefix == ["http://prometheus.team-a.svc:"]
+    # Basic auth needs both keys, and excludes a token.
+    for auth, message in (
+        ({"secretName": "s", "usernameKey": "u"}, "needs both usernameKey and passwordKey"),
+        ({"secretName": "s", "bearerTokenKey": "t", "usernameKey": "u", "passwordKey": "p"}, "not both"),
+    ):
+        with pytest.raises(HelmFailed) as failure:
+            helm.template(values_with(prometheus={"url": "http://p:9090", "auth": auth}))
+        assert message in str(failure.value)
+    # No Secret, no mount.
+    default = operator_container(helm.template(values_with()))
+    assert [m["name"] for m in default["volumeMounts"]] == ["tmp"]

@@ -6,6 +6,7 @@ not set) against the HTTPS Kubernetes API and the backfilled Prometheus.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,6 +78,9 @@ async def test_memory_survives_api_errors_and_a_missing_target(
             model_uri_prefixes=(tempfile.gettempdir() + "/",),
         )
     )
+
+    # MLflow's download progress bars would break one-JSON-object-per-line logs: off in the operator.
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
 
     async def step() -> None:
         await runtime.step("shop", "web", spec, _status(cluster), 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from harmony_operator.models import ModelCache, ModelError, ModelPolicy
 from harmony_operator.prometheus import MetricsError, PrometheusClient
 from harmony_operator.redact import redact
-from operator_harness import LOOKBACK, STEP_S, PrometheusServer  # type: ignore[import-not-found]
+from operator_harness import LOOKBACK, STEP_S, Cluster, PrometheusServer  # type: ignore[import-not-found]
 
 
 @pytest.mark.parametrize(
@@ -195,3 +196,56 @@ def test_operator_environment_sets_the_policy(monkeypatch: pytest.MonkeyPatch) -
     assert options.model_uri_prefixes == ("models:/team-a-", "/models/team-a/")
     assert options.model_max_bytes == 1000
     assert os.environ["HARMONY_MODEL_URI_PREFIXES"]
+
+
+@pytest.mark.parametrize(
+    ("query", "allowed"),
+    [
+        ('sum(rate(http_requests_total{namespace="team-a", job="web"}[2m]))', True),
+        ('max_over_time(queue_depth{namespace="team-a"}[10m:1m])', True),
+        ('sum(rate(a{namespace="team-a"}[1m])) / on() group_left sum(b{namespace="team-a"})', True),
+        ('x{job="web" or namespace="team-a"}', False),  # the first alternative is not confined
+        ('sum(rate(a{namespace="team-a"}[1m])) / sum(b)', False),  # one selector escapes
+        ('x{namespace=~"team-a|team-b"}', False),  # only equality confines
+        ('{__name__=~"fisher_.*"}', False),
+        ("sum(", False),  # does not parse: refused, not sent
+    ],
+)
+def test_query_guard_confines_every_selector_to_the_namespace(query: str, allowed: bool) -> None:
+    from harmony_operator.queryguard import QueryNotAllowed, check_query
+
+    if allowed:
+        check_query(query, "namespace", "team-a")
+    else:
+        with pytest.raises(QueryNotAllowed):
+            check_query(query, "namespace", "team-a")
+
+
+async def test_a_guarded_operator_refuses_another_namespaces_query(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path
+) -> None:
+    """With the guard on, a query that would read series outside the resource's namespace never reaches
+    Prometheus; the condition names the selector at fault."""
+    from harmony_operator.batching import BatchSampler
+    from harmony_operator.kube import KubeClient
+    from harmony_operator.metrics import OperatorMetrics
+    from harmony_operator.reconcile import Reconciler, ReconcilerSettings
+    from operator_harness import add_deployment, autoscaler_spec  # type: ignore[import-not-found]
+
+    add_deployment(cluster, "shop", "web", replicas=2)
+    async with aiohttp.ClientSession() as http, KubeClient() as kube:
+        rec = Reconciler(
+            kube,
+            PrometheusClient(prometheus.url, http),
+            ModelCache(policy=ModelPolicy((tempfile.gettempdir() + "/",))),
+            BatchSampler(50),
+            OperatorMetrics(),
+            ReconcilerSettings(stale_min_s=1800, query_namespace_label="container"),
+        )
+        # The backfilled series carry container="container1": treat that label as the "namespace" label.
+        spec = autoscaler_spec(model={"uri": str(model_dir)}, mode="Recommend")
+        out = await rec.reconcile("shop", "web", spec, {}, 1)
+    c = {c["type"]: c for c in out.status["conditions"]}["MetricsAvailable"]
+    assert (c["status"], c["reason"]) == ("False", "QueryNotAllowed")
+    assert 'every series selector needs container="shop"' in c["message"]
+    assert 'fisher_load{container="container1"}' in c["message"]
