@@ -17,7 +17,7 @@ from harmony_operator.prometheus import PrometheusAuth
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="harmony-operator",
-        description="Scale Deployments and StatefulSets on forecast distributions (HarmonyAutoscaler).",
+        description="Scale workloads on forecast distributions (HarmonyAutoscaler).",
     )
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace (default)")
