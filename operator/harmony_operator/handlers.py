@@ -68,6 +68,7 @@ STATUS_KEYS = (
     "calibration",
     "model",
     "state",
+    "health",
     "conditions",
 )
 
@@ -216,10 +217,14 @@ class Runtime:
     def _wake(self, namespace: str, name: str) -> asyncio.Event:
         return self._wakes.setdefault((namespace, name), asyncio.Event())
 
+    def changed(self, namespace: str, name: str, version: tuple[Any, ...]) -> bool:
+        """Whether a watch event shows another generation or pause state than the daemon last acted on."""
+        acted = self._acted.get((namespace, name))
+        return acted is not None and acted != version
+
     def notice(self, namespace: str, name: str, version: tuple[Any, ...]) -> None:
         """A watch event: wake the resource's daemon if it acted on another generation or pause state."""
-        acted = self._acted.get((namespace, name))
-        if acted is not None and acted != version:
+        if self.changed(namespace, name, version):
             self._wake(namespace, name).set()
 
     async def sleep(self, namespace: str, name: str, stopped: kopf.DaemonStopped, seconds: float) -> None:
@@ -297,6 +302,9 @@ class Runtime:
             return
         except ApiError as exc:
             log.warning("%s/%s: could not write the status: %s", namespace, name, exc)
+        else:
+            conditions = outcome.status.get("conditions") or [{}]
+            log.info("%s/%s: %s", namespace, name, redact(str(outcome.status.get("reason", conditions[0]))))
         if post_event is not None:
             for event in outcome.events:
                 if self.is_leader:  # events are writes too
@@ -358,7 +366,14 @@ def _version(meta: kopf.Meta) -> tuple[Any, ...]:
     return (meta.get("generation"), (meta.get("annotations") or {}).get(PAUSED_ANNOTATION))
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
+def _wakes_daemon(namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
+    # A filter, so that the handler (and kopf's log line for it) runs only for the events that matter: every
+    # status write is a watch event too.
+    runtime: Runtime | None = memo.get("runtime")
+    return runtime is not None and runtime.changed(namespace, name, _version(meta))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, when=_wakes_daemon)  # type: ignore[arg-type]
 def on_event(namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     # Watch events only wake daemons; they write nothing (kopf keeps no progress for event handlers).
     runtime: Runtime | None = memo.get("runtime")

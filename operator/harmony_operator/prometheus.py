@@ -19,6 +19,7 @@ of input it was trained on.
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import ssl
 from collections.abc import Sequence
@@ -80,8 +81,8 @@ class PrometheusAuth:
         if self.bearer_token_file:
             return {"Authorization": f"Bearer {self._read(self.bearer_token_file)}"}
         if self.username_file and self.password_file:
-            basic = aiohttp.BasicAuth(self._read(self.username_file), self._read(self.password_file))
-            return {"Authorization": basic.encode()}
+            pair = f"{self._read(self.username_file)}:{self._read(self.password_file)}"
+            return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
         return {}
 
     def ssl_context(self) -> ssl.SSLContext | None:

@@ -7,6 +7,7 @@ CA from files, as the chart mounts them from Secrets, and re-reads them on every
 
 from __future__ import annotations
 
+import base64
 import math
 import ssl
 import tempfile
@@ -33,7 +34,7 @@ from operator_harness import (  # type: ignore[import-not-found]
 )
 
 QUERY = [("load", 'fisher_load{container="container1"}')]
-ACCEPTED = {"Bearer s3cr3t-token", aiohttp.BasicAuth("harmony", "pa55").encode()}
+ACCEPTED = {"Bearer s3cr3t-token", "Basic " + base64.b64encode(b"harmony:pa55").decode()}
 
 
 @pytest.fixture
