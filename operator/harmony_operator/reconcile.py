@@ -364,12 +364,15 @@ class Reconciler:
         lead_steps = (model.forecaster.spec.lead_time + window[0]) if model is not None and window else 0
         dconfig = spec.decision_config(lead_steps=lead_steps)
         decider = self._decider(mem, dconfig, old.get("state"))
-        future = [t for t, _ in decider.stabilizer.state_dict() if t > now]
+        future = [t for t, _ in decider.stabilizer.state_dict() + decider.stabilizer.rate_state() if t > now]
         if future:
             # Written by a leader whose clock ran ahead: those entries would stall the stabiliser ("time went
             # backwards"); drop them, keep the rest (the calibration posterior has no timestamps).
             decider.stabilizer.load_state_dict(
                 [(t, r) for t, r in decider.stabilizer.state_dict() if t <= now]
+            )
+            decider.stabilizer.load_rate_state(
+                [(t, c) for t, c in decider.stabilizer.rate_state() if t <= now]
             )
             warn_once(
                 "ClockSkew",

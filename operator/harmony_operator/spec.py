@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harmony.decision import DecisionConfig
+from harmony.decision.rates import MAX_PERIOD_S, RateLimit, RateRule
 
 __all__ = ["AutoscalerSpec", "Indicator", "SpecError", "parse_duration", "parse_spec"]
 
@@ -92,6 +93,10 @@ class AutoscalerSpec:
     fallback_replicas: int | None = None
     fallback_failure_threshold: int = 3
     prometheus_url: str | None = None  # this resource's own Prometheus (must be allowed by the operator)
+    # The HPA's behavior.scaleUp / scaleDown beyond the step caps: the up window and the rate rules.
+    scale_up_stabilization_s: float = 0.0
+    scale_up_rate: RateLimit | None = None
+    scale_down_rate: RateLimit | None = None
 
     @property
     def capacities(self) -> dict[str, float]:
@@ -119,6 +124,9 @@ class AutoscalerSpec:
             scale_down_stabilization_s=self.scale_down_stabilization_s,
             max_scale_up_step=self.max_scale_up_step,
             max_scale_down_step=self.max_scale_down_step,
+            scale_up_stabilization_s=self.scale_up_stabilization_s,
+            scale_up_rate=self.scale_up_rate,
+            scale_down_rate=self.scale_down_rate,
             fallback_target_utilization=self.fallback_target_utilization,
             fallback_margin=self.fallback_margin,
             lead_steps=lead_steps,
@@ -160,6 +168,44 @@ def _number(
         hi = ")" if open_high else "]"
         raise SpecError(field, f"expected a number in {lo}{low:g}, {high:g}{hi}, got {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+def _scaling_rules(behavior: Mapping[str, Any], key: str) -> tuple[float | None, RateLimit | None]:
+    """`behavior.scaleUp` / `scaleDown` as the HPA has them (HPAScalingRules): the stabilisation window in
+    seconds (None when unset) and the rate rules (None without `policies`, unless selectPolicy Disabled)."""
+    rules = _section(behavior, key)
+    where = f"behavior.{key}"
+    window_raw = rules.get("stabilizationWindowSeconds")
+    window = (
+        None
+        if window_raw is None
+        else float(_int(window_raw, f"{where}.stabilizationWindowSeconds", minimum=0) or 0)
+    )
+    if window is not None and window > 3600:
+        raise SpecError(f"{where}.stabilizationWindowSeconds", f"expected at most 3600, got {window_raw!r}")
+    select = rules.get("selectPolicy", "Max")
+    if select not in ("Max", "Min", "Disabled"):
+        raise SpecError(f"{where}.selectPolicy", f"expected 'Max', 'Min' or 'Disabled', got {select!r}")
+    raw = rules.get("policies")
+    if raw is None:
+        return window, (RateLimit((), "Disabled") if select == "Disabled" else None)
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(f"{where}.policies", "expected a non-empty list of {type, value, periodSeconds}")
+    parsed: list[RateRule] = []
+    for k, item in enumerate(raw):
+        at = f"{where}.policies[{k}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(at, f"expected an object, got {type(item).__name__}")
+        kind = item.get("type")
+        if kind not in ("Pods", "Percent"):
+            raise SpecError(f"{at}.type", f"expected 'Pods' or 'Percent', got {kind!r}")
+        value = _int(item.get("value"), f"{at}.value", minimum=1)
+        period = _int(item.get("periodSeconds"), f"{at}.periodSeconds", minimum=1)
+        assert value is not None and period is not None
+        if period > MAX_PERIOD_S:
+            raise SpecError(f"{at}.periodSeconds", f"expected at most {MAX_PERIOD_S:g}, got {period}")
+        parsed.append(RateRule(kind, float(value), float(period)))
+    return window, RateLimit(tuple(parsed), select)
 
 
 def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
@@ -260,6 +306,15 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
     )
     up = _int(behavior.get("maxScaleUpStep"), "behavior.maxScaleUpStep", minimum=1, optional=True)
     down = _int(behavior.get("maxScaleDownStep"), "behavior.maxScaleDownStep", minimum=1, optional=True)
+    up_window, up_rate = _scaling_rules(behavior, "scaleUp")
+    down_window, down_rate = _scaling_rules(behavior, "scaleDown")
+    if down_window is not None:
+        if "scaleDownStabilization" in behavior:
+            raise SpecError(
+                "behavior.scaleDown.stabilizationWindowSeconds",
+                "set either this or behavior.scaleDownStabilization, not both",
+            )
+        stabilization = down_window
     fallback = _section(spec, "fallback")
     target_util = _number(
         fallback.get("targetUtilization", 0.7), "fallback.targetUtilization", low=0.0, high=1.0, open_low=True
@@ -304,4 +359,7 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
         fallback_replicas=fallback_replicas,
         fallback_failure_threshold=threshold,
         prometheus_url=prometheus_url,
+        scale_up_stabilization_s=up_window or 0.0,
+        scale_up_rate=up_rate,
+        scale_down_rate=down_rate,
     )

@@ -203,7 +203,7 @@ def test_schema_defaults_are_valid() -> None:
             count += check(node["items"])
         return count
 
-    assert check(served_schema()) == 18  # every default in the CRD was checked
+    assert check(served_schema()) == 20  # every default in the CRD was checked
 
 
 def test_example_is_a_gpu_inference_autoscaler() -> None:
@@ -277,6 +277,18 @@ def _indicators_without_query() -> list[dict[str, Any]]:
         ),
         pytest.param(
             with_spec(interval="1 minute"), [("$.spec.interval", "pattern")], id="interval-1-minute"
+        ),
+        pytest.param(
+            with_spec(behavior={"scaleUp": {"selectPolicy": "Most"}}),
+            [("$.spec.behavior.scaleUp.selectPolicy", "enum")],
+            id="behavior-selectPolicy",
+        ),
+        pytest.param(
+            with_spec(
+                behavior={"scaleDown": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 3600}]}}
+            ),
+            [("$.spec.behavior.scaleDown.policies.0.periodSeconds", "maximum")],
+            id="behavior-period-too-long",
         ),
         pytest.param(
             with_spec(fallback={"replicas": 99}),

@@ -124,6 +124,103 @@ def test_invalid_specs_name_the_field(change: dict[str, Any], field: str) -> Non
     assert str(info.value).startswith(f"spec.{field}: ")
 
 
+def test_hpa_behavior_maps_to_the_decision_settings() -> None:
+    from harmony.decision.rates import RateLimit, RateRule
+
+    s = parse_spec(
+        {
+            **MINIMAL,
+            "behavior": {
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 60,
+                    "selectPolicy": "Min",
+                    "policies": [
+                        {"type": "Pods", "value": 4, "periodSeconds": 60},
+                        {"type": "Percent", "value": 100, "periodSeconds": 60},
+                    ],
+                },
+                "scaleDown": {"stabilizationWindowSeconds": 600, "selectPolicy": "Disabled"},
+            },
+        }
+    )
+    cfg = s.decision_config()
+    assert cfg.scale_up_stabilization_s == 60.0 and cfg.scale_down_stabilization_s == 600.0
+    assert cfg.scale_up_rate == RateLimit(
+        (RateRule("Pods", 4.0, 60.0), RateRule("Percent", 100.0, 60.0)), "Min"
+    )
+    assert cfg.scale_down_rate == RateLimit((), "Disabled")
+    plain = parse_spec(MINIMAL).decision_config()
+    assert (plain.scale_up_rate, plain.scale_down_rate, plain.scale_up_stabilization_s) == (None, None, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("behavior", "field"),
+    [
+        ({"scaleUp": {"selectPolicy": "Most"}}, "behavior.scaleUp.selectPolicy"),
+        ({"scaleUp": {"policies": []}}, "behavior.scaleUp.policies"),
+        (
+            {"scaleUp": {"policies": [{"type": "Replicas", "value": 1, "periodSeconds": 60}]}},
+            "behavior.scaleUp.policies[0].type",
+        ),
+        (
+            {"scaleDown": {"policies": [{"type": "Pods", "value": 0, "periodSeconds": 60}]}},
+            "behavior.scaleDown.policies[0].value",
+        ),
+        (
+            {"scaleDown": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 3600}]}},
+            "behavior.scaleDown.policies[0].periodSeconds",
+        ),
+        (
+            {"scaleDown": {"stabilizationWindowSeconds": 7200}},
+            "behavior.scaleDown.stabilizationWindowSeconds",
+        ),
+        (
+            {"scaleDownStabilization": "60s", "scaleDown": {"stabilizationWindowSeconds": 60}},
+            "behavior.scaleDown.stabilizationWindowSeconds",
+        ),
+    ],
+)
+def test_bad_hpa_behavior_names_the_field(behavior: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({**MINIMAL, "behavior": behavior})
+    assert info.value.field == field
+
+
+async def test_scale_up_rate_limits_the_applied_replicas(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path
+) -> None:
+    """'2 pods per 10 minutes' against a decision that wants many more: 1 -> 3, then held at 3."""
+    from harmony_operator.metrics import OperatorMetrics
+    from harmony_operator.reconcile import Reconciler, ReconcilerSettings
+    from operator_harness import add_deployment, autoscaler_spec  # type: ignore[import-not-found]
+
+    add_deployment(cluster, "shop", "web", replicas=1)
+    spec = autoscaler_spec(
+        model={"uri": str(model_dir)},
+        behavior={
+            "scaleDownStabilization": "0s",
+            "scaleUp": {"policies": [{"type": "Pods", "value": 2, "periodSeconds": 600}]},
+        },
+    )
+    spec["indicators"][0]["capacityPerReplica"] = 0.05  # the forecast wants tens of replicas
+    async with aiohttp.ClientSession() as http, KubeClient() as kube:
+        rec = Reconciler(
+            kube,
+            PrometheusClient(prometheus.url, http),
+            ModelCache(policy=TMP_POLICY),
+            BatchSampler(50),
+            OperatorMetrics(),
+            ReconcilerSettings(stale_min_s=1800),
+        )
+        first = await rec.reconcile("shop", "web", spec, {}, 1)
+        second = await rec.reconcile("shop", "web", spec, first.status, 1)
+    assert first.decision is not None and first.decision.recommendation > 3
+    assert (first.status["desiredReplicas"], second.status["desiredReplicas"]) == (3, 3)
+    assert first.status["reason"].endswith("(scale-up rate 2pods/600s)")
+    assert cluster.objects["apps/v1/deployments", "shop", "web"]["spec"]["replicas"] == 3
+    assert first.status["state"]["rate_changes"][0][1] == 2
+
+
 # --- which horizon steps a decision covers ------------------------------------------------------------
 
 
