@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from harmony.backtest import CRITERIA, BacktestResult, ConfigRun, format_knob, knob_space, short_knobs
+from harmony.backtest.held import chosen_eps, held_to_eps
 from harmony.backtest_charts import capacity_chart, curves_chart
 from harmony.plots import FILE_MODE
 
@@ -214,6 +215,21 @@ def _per_service(result: BacktestResult, criterion: str = "service", max_series:
     return _render(["policy", "within", "min_%", "median_%", "p90_%", "max_%"], rows, left=1)
 
 
+def held_table(result: BacktestResult) -> str:
+    """Per criterion and risk policy: the series below / inside / above the binomial 95% interval of eps."""
+    held = held_to_eps(result.per_service, chosen_eps(result.tuned))
+    rows = [
+        [
+            r["criterion"],
+            r["policy"],
+            format_knob(r["eps"]),
+            *(str(r[k]) for k in ("series", "below", "inside", "above")),
+        ]
+        for r in held.to_dict("records")
+    ]
+    return _render(["criterion", "policy", "eps", "series", "below", "inside", "above"], rows, left=2)
+
+
 def format_tables(result: BacktestResult) -> str:
     """The validated tables and headline first, then the per-service rates, the hindsight frontier and every
     setting replayed on the test part (violation rates in percent, costs in the config's currency)."""
@@ -289,6 +305,10 @@ def format_tables(result: BacktestResult) -> str:
         "",
         "realised violation rate (%) of each series on the test part at the knobs chosen for every service",
         _per_service(result),
+        "",
+        "each service held to its eps: series whose violated steps on the test part lie below, inside and "
+        "above the binomial 95% interval at the eps chosen for the policy (a calibrated policy: 95% inside)",
+        held_table(result),
         "",
         f"HINDSIGHT (not a result: knobs read on the test part itself): each policy's test points at "
         f"{target:g}% on their lower convex hull (primary knob swept at the validated secondary knobs)",
@@ -469,6 +489,7 @@ def metric_key(*parts: str) -> str:
 def run_metrics(result: BacktestResult) -> dict[str, float]:
     """The metrics logged for a backtest (finite ones): validated/<criterion>/<policy>/<metric>,
     headline/<criterion>/<metric>, hindsight/<policy>/<metric>, bound/<criterion>,
+    held/<criterion>/<policy>/{below,inside,above} (series against the binomial interval of eps),
     sweep/<policy>/<knobs>/<metric> (every setting replayed on test) and seconds/<stage>."""
     out: dict[str, float] = {}
     for r in result.validated.to_dict("records"):
@@ -483,6 +504,9 @@ def run_metrics(result: BacktestResult) -> dict[str, float]:
             out[metric_key("hindsight", str(r["policy"]), name)] = float(r[name])
     for criterion, value in result.bounds.items():
         out[metric_key("bound", criterion)] = float(value)
+    for r in held_to_eps(result.per_service, chosen_eps(result.tuned)).to_dict("records"):
+        for name in ("below", "inside", "above"):
+            out[metric_key("held", str(r["criterion"]), str(r["policy"]), name)] = float(r[name])
     for r in result.summary.to_dict("records"):
         for name in SWEEP_METRICS:
             out[metric_key("sweep", str(r["policy"]), str(r["knobs"]), name)] = float(r[name])

@@ -91,11 +91,15 @@ class ForecasterConfig:
     whose model the backtest then uses; reused when the same configuration was trained before in this
     output folder); `path` loads a saved `forecaster/` folder; `mlflow` downloads a model URI (runs:/...,
     models:/...: a pyfunc model or a forecaster folder); `none` runs only the policies that need no draws.
+    model_dir: with origin `train`, the folder the trained model is kept in and reused from (default: the
+    output folder's `model/`); variants of one config that train the same model (other lead times, say)
+    share it by naming the same folder.
     """
 
     origin: Literal["train", "path", "mlflow", "none"] = "train"
     path: str | None = None
     uri: str | None = None
+    model_dir: str | None = None
     num_samples: int = 100
     batch_windows: int = 512
     seed: int = 0
@@ -116,6 +120,12 @@ class ReplayConfig:
     max_steps: int | None = None
     initial_replicas: int | None = None
     capacities: dict[str, float] | None = None
+    # Where the per-series work runs (harmony.backtest.executor): groups of `series_per_group` series (null:
+    # one group; the draws' seeds follow the group), in this process or on Ray actors.
+    executor: Literal["local", "ray"] = "local"
+    series_per_group: int | None = None
+    ray_address: str | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -337,32 +347,17 @@ def _resolve(name: str, source: Path | None) -> Path:
 def load_backtest_config(path: str | Path, overrides: Sequence[str] = ()) -> BacktestConfig:
     """Read a backtest YAML and apply `--set a.b=value` overrides (any section, training ones included).
 
-    The file may name a training configuration under `base:` (relative to the working directory or to the
-    file) whose sections (data, model, trainer, tracking, evaluation) it overrides key by key. Errors name
-    the file and the dotted key (the base file's own errors name the base file).
+    The file may name under `base:` (relative to the working directory or to the file) a training
+    configuration, whose sections (data, model, trainer, tracking, evaluation) it overrides key by key, or
+    another backtest configuration, whose every section it overrides the same way except the report's
+    run_name and output_dir (a variant writes its own results). Errors name the file and the dotted key (a
+    base file's own errors name the base file).
     """
-    p = Path(path)
-    raw = read_yaml(p)
-    for k in raw:
-        if k not in TOP_LEVEL:
-            close = difflib.get_close_matches(str(k), TOP_LEVEL, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{k}: unknown section; known sections: {', '.join(TOP_LEVEL)}{hint}", path=p)
-    base_path: Path | None = None
-    merged: dict[str, Any] = {}
-    if raw.get("base") is not None:
-        if not isinstance(raw["base"], str):
-            raise ConfigError(f"base: expected the path of a training config, got {raw['base']!r}", path=p)
-        base_path = _resolve(raw["base"], p)
-        load_config(base_path)  # the base must be valid on its own; its errors name it
-        base_raw = read_yaml(base_path)
-        # A card path in the base is relative to the base's folder: pin it before this file's folder counts.
-        dataset = base_raw.get("data", {}).get("dataset") if isinstance(base_raw.get("data"), dict) else None
-        if isinstance(dataset, str) and dataset.endswith((".yaml", ".yml")):
-            base_raw["data"]["dataset"] = str(resolve_card_path(dataset, base_path).resolve())
-        merged = {k: v for k, v in base_raw.items() if k in TRAINING_SECTIONS}
-    merged = _merge(merged, {k: v for k, v in raw.items() if k != "base"})
+    return _load(Path(path), overrides, ())
 
+
+def _load(p: Path, overrides: Sequence[str], chain: tuple[Path, ...]) -> BacktestConfig:
+    merged, base_path = _raw_sections(p, chain)
     train_sets = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in TRAINING_SECTIONS]
     own_sets = [o for o in overrides if o not in train_sets]
     train = config_from_dict(
@@ -386,6 +381,47 @@ def load_backtest_config(path: str | Path, overrides: Sequence[str] = ()) -> Bac
     )
     _check(cfg, ctx)
     return cfg
+
+
+# A backtest base lends every section but the name and folder of its run: a variant (another lead time, say)
+# must not write over the results of the config it starts from.
+_NOT_INHERITED = ("run_name", "output_dir")
+
+
+def _raw_sections(p: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], Path | None]:
+    """The file's sections on top of its `base:` (a training config, or another backtest config whose own
+    base is resolved the same way), unvalidated; and the base's path."""
+    raw = read_yaml(p)
+    for k in raw:
+        if k not in TOP_LEVEL:
+            close = difflib.get_close_matches(str(k), TOP_LEVEL, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{k}: unknown section; known sections: {', '.join(TOP_LEVEL)}{hint}", path=p)
+    if raw.get("base") is None:
+        return {k: v for k, v in raw.items() if k != "base"}, None
+    if not isinstance(raw["base"], str):
+        raise ConfigError(
+            f"base: expected the path of a training or backtest config, got {raw['base']!r}", path=p
+        )
+    base_path = _resolve(raw["base"], p)
+    if base_path.resolve() in chain or base_path.resolve() == p.resolve():
+        raise ConfigError(f"base: {raw['base']} leads back to this file (a cycle of bases)", path=p)
+    base_raw = read_yaml(base_path)
+    if "base" in base_raw or any(k in base_raw for k in BACKTEST_SECTIONS):
+        _load(base_path, (), (*chain, p.resolve()))  # the base must be valid on its own; its errors name it
+        merged, _ = _raw_sections(base_path, (*chain, p.resolve()))
+        report = merged.get("report")
+        if isinstance(report, dict):
+            merged["report"] = {k: v for k, v in report.items() if k not in _NOT_INHERITED}
+    else:
+        load_config(base_path)  # the base must be valid on its own; its errors name it
+        # A card path in the base is relative to the base's folder: pin it before this file's folder counts.
+        data = base_raw.get("data")
+        dataset = data.get("dataset") if isinstance(data, dict) else None
+        if isinstance(data, dict) and isinstance(dataset, str) and dataset.endswith((".yaml", ".yml")):
+            data["dataset"] = str(resolve_card_path(dataset, base_path).resolve())
+        merged = {k: v for k, v in base_raw.items() if k in TRAINING_SECTIONS}
+    return _merge(merged, {k: v for k, v in raw.items() if k != "base"}), base_path
 
 
 _SWEEPS: dict[str, type[Any]] = {
@@ -481,6 +517,11 @@ def _check(cfg: BacktestConfig, ctx: ConfigContext) -> None:
 
     need(f.origin != "path" or bool(f.path), "forecaster.path", "origin 'path' needs the forecaster folder")
     need(f.origin != "mlflow" or bool(f.uri), "forecaster.uri", "origin 'mlflow' needs a model URI")
+    need(
+        f.model_dir is None or (f.origin == "train" and bool(f.model_dir.strip())),
+        "forecaster.model_dir",
+        "expected a folder for the trained model, with origin 'train' (or null for the output folder's)",
+    )
     need(f.num_samples >= 2, "forecaster.num_samples", f"expected an integer >= 2, got {f.num_samples}")
     need(f.batch_windows >= 1, "forecaster.batch_windows", f"expected an integer >= 1, got {f.batch_windows}")
     need(f.seed >= 0, "forecaster.seed", f"expected an integer >= 0, got {f.seed}")
@@ -499,6 +540,25 @@ def _check(cfg: BacktestConfig, ctx: ConfigContext) -> None:
     need(r.window_steps is None or r.window_steps >= 1, "backtest.window_steps", "expected an integer >= 1")
     need(r.warmup_steps >= 0, "backtest.warmup_steps", f"expected an integer >= 0, got {r.warmup_steps}")
     need(r.max_steps is None or r.max_steps >= 1, "backtest.max_steps", "expected an integer >= 1 or null")
+    need(
+        r.series_per_group is None or r.series_per_group >= 1,
+        "backtest.series_per_group",
+        "expected an integer >= 1 or null",
+    )
+    need(r.workers is None or r.workers >= 1, "backtest.workers", "expected an integer >= 1 or null")
+    need(
+        r.executor != "ray" or r.series_per_group is not None,
+        "backtest.series_per_group",
+        "the ray executor distributes groups of series: give how many series a group holds",
+    )
+    if r.executor == "ray":
+        import importlib.util
+
+        need(
+            importlib.util.find_spec("ray") is not None,
+            "backtest.executor",
+            "ray is not installed: pip install 'harmony-autoscaler[ray]'",
+        )
     need(
         r.initial_replicas is None or r.initial_replicas >= 0,
         "backtest.initial_replicas",

@@ -16,22 +16,18 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from harmony.backtest.config import (
-    CLASSICAL_POLICIES,
     DRAW_POLICIES,
     BacktestConfig,
     capacities_of,
     card_of,
 )
+from harmony.backtest.executor import Executor, LocalExecutor, Part, make_executor
 from harmony.backtest.frontier import cost_bound, headline, hindsight_table, validated_table
 from harmony.backtest.replay import (
     BacktestError,
-    Draws,
     SeriesData,
     Settings,
     check_forecaster,
-    classical_forecasts,
-    forecast_draws,
-    median_draws,
     prepare_series,
     scored_demand,
 )
@@ -119,7 +115,8 @@ def _plan(
     return datas, skipped
 
 
-def _forecasts(
+def _part(
+    executor: Executor,
     forecaster: Forecaster | None,
     trace: Trace,
     datas: Sequence[SeriesData],
@@ -130,31 +127,29 @@ def _forecasts(
     say: Callable[[str], None],
     seconds: dict[str, float],
     classical: dict[str, ForecastStats],
-) -> dict[str, dict[str, Draws]]:
-    out: dict[str, dict[str, Draws]] = {}
-    part = datas[0].part
-    if forecaster is not None and any(p in DRAW_POLICIES for p in enabled):
-        t0 = time.perf_counter()
-        out["model"] = forecast_draws(forecaster, trace, datas, settings, seed_offset=seed_offset)
-        out["median"] = {sid: median_draws(draws) for sid, draws in out["model"].items()}
-        n = sum(len(d.decisions) for d in datas)
-        seconds["draws"] = seconds.get("draws", 0.0) + time.perf_counter() - t0
-        say(f"{part}: draws for {n} decisions x {settings.num_samples} in {time.perf_counter() - t0:.1f} s")
-    for model in sorted(CLASSICAL_POLICIES):
-        if model not in enabled:
-            continue
-        t0 = time.perf_counter()
-        out[model], stats = classical_forecasts(
-            model, getattr(settings.policies, model), datas, settings, window
-        )
-        classical.setdefault(model, ForecastStats()).add(stats)
-        seconds[model + "_fit"] = seconds.get(model + "_fit", 0.0) + time.perf_counter() - t0
+) -> Part:
+    """The part's groups placed by the executor, their forecasts computed there; what it took logged."""
+    t0 = time.perf_counter()
+    part = executor.part(datas, settings, forecaster, trace, enabled, window, seed_offset)
+    f = part.forecasts
+    for k, v in f.seconds.items():
+        seconds[k] = seconds.get(k, 0.0) + v
+    name = datas[0].part
+    if f.decisions:
         say(
-            f"{part}: {model} forecasts in {time.perf_counter() - t0:.1f} s ({stats.fits} fits, "
+            f"{name}: draws for {f.decisions} decisions x {settings.num_samples} in "
+            f"{f.seconds.get('draws', 0.0):.1f} s"
+        )
+    for model, stats in f.classical.items():
+        classical.setdefault(model, ForecastStats()).add(stats)
+        say(
+            f"{name}: {model} forecasts in {f.seconds.get(model + '_fit', 0.0):.1f} s ({stats.fits} fits, "
             f"{stats.forwards} forwards, {stats.failures} failures forecast by persistence, "
             f"{stats.missing} indicator-decisions without history enough for one)"
         )
-    return out
+    if executor.name != "local":
+        say(f"{name}: forecasts on the {executor.name} executor in {time.perf_counter() - t0:.1f} s wall")
+    return part
 
 
 def run_backtest(
@@ -165,14 +160,16 @@ def run_backtest(
     *,
     series: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> BacktestResult:
     """Choose every policy's knobs on the validation part of `split`, then replay them on the test part.
 
     Every enabled policy is tuned for both criteria (docs/backtest.md); on the test part the chosen knobs
     are replayed (the validated table), and so is each policy's primary sweep at its chosen secondary knobs
-    (the hindsight frontier).
+    (the hindsight frontier). `executor` runs the per-series work (default: this process, one group).
     """
     say = log or (lambda _: None)
+    executor = executor or LocalExecutor()
     enabled = settings.policies.enabled()
     if forecaster is None and any(p in DRAW_POLICIES for p in enabled):
         raise BacktestError(
@@ -197,17 +194,20 @@ def run_backtest(
     classical: dict[str, ForecastStats] = {}
 
     # 1. The validation part: every policy's knobs, for both criteria.
-    val_draws = _forecasts(
-        forecaster, trace, val, settings, enabled, window, VAL_SEED_OFFSET, say, seconds, classical
+    val_part = _part(
+        executor, forecaster, trace, val, settings, enabled, window, VAL_SEED_OFFSET, say, seconds, classical
     )
-    ev_val = Evaluator(val, val_draws, settings)
+    ev_val = Evaluator(val, {}, settings, replayer=val_part.replay)
     t0 = time.perf_counter()
     tuned = {policy: tune(ev_val, policy, log=say) for policy in enabled}
     seconds["tune_val"] = time.perf_counter() - t0
+    val_part.close()  # the validation forecasts are no longer needed: free them before the test part's
 
     # 2. The test part: the chosen knobs, then each policy's primary sweep at its chosen secondary knobs.
-    test_draws = _forecasts(forecaster, trace, test, settings, enabled, window, 0, say, seconds, classical)
-    ev_test = Evaluator(test, test_draws, settings, keep_capacity=True)
+    test_part = _part(
+        executor, forecaster, trace, test, settings, enabled, window, 0, say, seconds, classical
+    )
+    ev_test = Evaluator(test, {}, settings, keep_capacity=True, replayer=test_part.replay)
     t0 = time.perf_counter()
     at_test: dict[tuple[str, str], dict[str, Any]] = {}
     for policy, by in tuned.items():
@@ -230,6 +230,7 @@ def run_backtest(
     validated = validated_table(tuned, at_test, bounds)
     summary = ev_test.summary()
     per_service = _per_service(ev_test, tuned)
+    test_part.close()
     capacity = {(key[0], ev_test.knobs[key].text(), sid): cap for (key, sid), cap in ev_test.capacity.items()}
     skipped = {**{k: f"validation: {v}" for k, v in skipped_val.items()}, **skipped_test}
     seconds.update({f"replay_{p}": s for p, s in ev_test.seconds.items()})
@@ -320,11 +321,14 @@ def _trained_forecaster(cfg: BacktestConfig, say: Callable[[str], None]) -> tupl
     from harmony.training.config import TrackingConfig
     from harmony.training.train import STATE_FILE, RunState, comparable_config, train
 
-    folder = (cfg.output_dir / "model").resolve()
+    shared = cfg.forecaster.model_dir
+    folder = (Path(shared) if shared else cfg.output_dir / "model").resolve()
+    # A shared folder's run is named after the folder, so every config sharing it trains the same run.
+    owner = folder.parent.name if shared else cfg.run_name
     train_cfg = dataclasses.replace(
         cfg.train,
         tracking=TrackingConfig(
-            experiment=cfg.train.tracking.experiment, run_name=f"{cfg.run_name}-model", output_dir=str(folder)
+            experiment=cfg.train.tracking.experiment, run_name=f"{owner}-model", output_dir=str(folder)
         ),
     )
     state_path = folder / STATE_FILE
@@ -418,7 +422,11 @@ def _run_config(cfg: BacktestConfig, say: Callable[[str], None]) -> ConfigRun:
     settings = settings_from_config(cfg, card, lead)
     say(f"backtest: {trace.name}, {len(series)} series, lead {lead} steps, interval {settings.interval}")
     t0 = time.perf_counter()
-    result = run_backtest(trace, split, forecaster, settings, series=series, log=say)
+    r = cfg.backtest
+    executor = make_executor(
+        r.executor, series_per_group=r.series_per_group, address=r.ray_address, workers=r.workers
+    )
+    result = run_backtest(trace, split, forecaster, settings, series=series, log=say, executor=executor)
     seconds["backtest"] = time.perf_counter() - t0
     result.info.update(
         {

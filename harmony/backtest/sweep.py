@@ -39,7 +39,7 @@ from harmony.backtest.config import (
     RiskSweep,
     StaticSweep,
 )
-from harmony.backtest.replay import Draws, SeriesData, Settings, replay, score
+from harmony.backtest.replay import Draws, IntArray, SeriesData, Settings, replay, score
 from harmony.decision import Decider, DecisionConfig
 from harmony.policies import (
     EHPAPolicy,
@@ -298,13 +298,70 @@ def build_policy(knobs: Knobs, data: SeriesData, settings: Settings) -> Policy:
 # --- replaying settings -------------------------------------------------------------------------------------
 
 
+def source_of(
+    policy: str, draws: Mapping[str, Mapping[str, Draws]], settings: Settings
+) -> Mapping[str, Draws] | None:
+    """The forecasts `policy` reads among `draws[source][series]` (None: it reads none)."""
+    # The EHPA (and the median point forecast) read only the per-step median of the draws: given as one
+    # draw ("median"), it is computed once per decision instead of once per setting replayed.
+    point = settings.policies.point
+    reads_median = policy == "ehpa" or (policy == "point" and (point is None or point.point == "median"))
+    if reads_median and "median" in draws:
+        return draws["median"]
+    if policy in DRAW_POLICIES:
+        return draws.get("model")
+    if policy in CLASSICAL_POLICIES:
+        return draws.get(policy)
+    return None
+
+
+# One setting's (score row, count in place or None) per series, in the order of the series.
+Replayed = list[tuple[dict[str, Any], IntArray | None]]
+
+
+def replay_setting(
+    knobs: Knobs,
+    datas: Sequence[SeriesData],
+    draws: Mapping[str, Mapping[str, Draws]],
+    settings: Settings,
+    keep_capacity: bool,
+) -> Replayed:
+    """Replay one setting over every series of `datas`: its score row per series (and the count in place
+    over the scored steps when `keep_capacity`)."""
+    source = source_of(knobs.policy, draws, settings)
+    out: Replayed = []
+    for data in datas:
+        rep = replay(
+            build_policy(knobs, data, settings),
+            data,
+            None if source is None else source.get(data.series),
+            settings,
+        )
+        cap = rep.at(data.scored)
+        row = {
+            "policy": knobs.policy,
+            "knob_name": knobs.primary_name,
+            "knob": knobs.primary,
+            "setting": knobs.secondary_text(),
+            "knobs": knobs.text(),
+            "series": data.series,
+            **score(data, cap, settings),
+            "decisions": float(rep.decisions),
+            "fallbacks": float(rep.fallbacks),
+        }
+        out.append((row, cap if keep_capacity else None))
+    return out
+
+
 class Evaluator:
     """Replays settings over every series of one part, once each (cached), and keeps what it replayed.
 
     `draws[source][series]` are the forecasts the policies read: source "model" (the forecaster's draws) for
     HARMONY, quantile, point and EHPA, or "median" (their per-step median, one draw) for EHPA and the median
     point forecast when it is given; "arima" / "ets" for those policies. `keep_capacity` keeps the count in
-    place of every replay (the report's charts).
+    place of every replay (the report's charts). `replayer`, when given, replays a setting over the series
+    instead of this process (`harmony.backtest.executor`: the series' forecasts then live where it runs and
+    `draws` may be empty); its rows must come in the order of `datas`.
     """
 
     def __init__(
@@ -314,11 +371,13 @@ class Evaluator:
         settings: Settings,
         *,
         keep_capacity: bool = False,
+        replayer: Callable[[Knobs, bool], Replayed] | None = None,
     ) -> None:
         self.datas = list(datas)
         self.draws = draws
         self.settings = settings
         self.keep_capacity = keep_capacity
+        self._replayer = replayer
         self.rows: dict[tuple[str, float, tuple[tuple[str, Any], ...]], list[dict[str, Any]]] = {}
         self.capacity: dict[tuple[tuple[str, float, tuple[tuple[str, Any], ...]], str], Any] = {}
         self.seconds: dict[str, float] = {}
@@ -326,17 +385,7 @@ class Evaluator:
         self._summaries: dict[tuple[str, float, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
 
     def source(self, policy: str) -> Mapping[str, Draws] | None:
-        # The EHPA (and the median point forecast) read only the per-step median of the draws: given as one
-        # draw ("median"), it is computed once per decision instead of once per setting replayed.
-        point = self.settings.policies.point
-        reads_median = policy == "ehpa" or (policy == "point" and (point is None or point.point == "median"))
-        if reads_median and "median" in self.draws:
-            return self.draws["median"]
-        if policy in DRAW_POLICIES:
-            return self.draws.get("model")
-        if policy in CLASSICAL_POLICIES:
-            return self.draws.get(policy)
-        return None
+        return source_of(policy, self.draws, self.settings)
 
     def run(self, knobs: Knobs) -> list[dict[str, Any]]:
         """Per-series score rows of one setting (replayed once, then from the cache)."""
@@ -344,29 +393,17 @@ class Evaluator:
         if key in self.rows:
             return self.rows[key]
         t0 = time.perf_counter()
-        source = self.source(knobs.policy)
+        if self._replayer is not None:
+            replayed = self._replayer(knobs, self.keep_capacity)
+        else:
+            replayed = replay_setting(knobs, self.datas, self.draws, self.settings, self.keep_capacity)
         out: list[dict[str, Any]] = []
-        for data in self.datas:
-            rep = replay(
-                build_policy(knobs, data, self.settings),
-                data,
-                None if source is None else source.get(data.series),
-                self.settings,
-            )
-            cap = rep.at(data.scored)
-            out.append(
-                {
-                    "policy": knobs.policy,
-                    "knob_name": knobs.primary_name,
-                    "knob": knobs.primary,
-                    "setting": knobs.secondary_text(),
-                    "knobs": knobs.text(),
-                    "series": data.series,
-                    **score(data, cap, self.settings),
-                    "decisions": float(rep.decisions),
-                    "fallbacks": float(rep.fallbacks),
-                }
-            )
+        for data, (row, cap) in zip(self.datas, replayed, strict=True):
+            if row["series"] != data.series:
+                raise RuntimeError(
+                    f"replayed series out of order: {row['series']} where {data.series} was due"
+                )
+            out.append(row)
             if self.keep_capacity:
                 self.capacity[(key, data.series)] = cap
         self.rows[key] = out

@@ -168,13 +168,31 @@ class ForecastModule(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         past, cal, fut = batch
         loss = self.model.loss(past, cal, fut)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=past.shape[0])
+        # sync_dist: under DDP every process sees its own shard; the epoch's loss is their mean, so early
+        # stopping and the best checkpoint judge the same number in every process (a no-op in one process).
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=past.shape[0],
+            sync_dist=True,
+        )
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         past, cal, fut = batch
         loss = self.model.loss(past, cal, fut)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=past.shape[0])
+        self.log(
+            "val_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=past.shape[0],
+            sync_dist=True,
+        )
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -282,7 +300,7 @@ class NeuralForecaster(Forecaster):
     # --- training --------------------------------------------------------------------------------------
     def fit(self, trace: Trace, split: Split, **options: Any) -> FitReport:
         """Options: logger, callbacks (extra), checkpoint_dir, resume_from (a .ckpt), accelerator, devices,
-        strategy, progress (bool), max_epochs (overrides the hyper-parameter)."""
+        num_nodes, strategy, progress (bool), max_epochs (overrides the hyper-parameter)."""
         hp = self.hparams
         pl.seed_everything(int(hp["seed"]), workers=True, verbose=False)
         self._set_floor(trace, split)
@@ -326,6 +344,7 @@ class NeuralForecaster(Forecaster):
             max_epochs=int(options.get("max_epochs", hp["max_epochs"])),
             accelerator=options.get("accelerator", "cpu"),
             devices=options.get("devices", 1),
+            num_nodes=int(options.get("num_nodes", 1)),
             strategy=options.get("strategy", "auto"),
             logger=options.get("logger", False),
             callbacks=callbacks,

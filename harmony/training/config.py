@@ -65,6 +65,7 @@ class TrainerConfig:
     max_epochs: int = 30
     accelerator: str = "cpu"
     devices: int | str | list[int] = 1
+    num_nodes: int = 1  # machines of a multi-node DDP run (torchrun); devices is per node
     strategy: str = "auto"
     progress: bool = True
     seed: int = 0
@@ -365,6 +366,8 @@ def _check(cfg: TrainConfig, ctx: ConfigContext) -> None:
         )
     if isinstance(t.devices, int) and t.devices < 1 and t.devices != -1:
         raise ctx.error("trainer.devices", f"expected a count >= 1 (or -1 for all), got {t.devices}")
+    if t.num_nodes < 1:
+        raise ctx.error("trainer.num_nodes", f"expected an integer >= 1, got {t.num_nodes}")
     if isinstance(t.devices, list) and (not t.devices or any(i < 0 for i in t.devices)):
         raise ctx.error("trainer.devices", f"expected a non-empty list of device indices, got {t.devices}")
     if t.num_threads is not None and t.num_threads < 1:

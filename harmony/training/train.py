@@ -116,6 +116,7 @@ class RunState:
     status: str = "training"  # training -> fitted -> finished
     fit: dict[str, Any] = field(default_factory=dict)
     model_uri: str | None = None
+    launch: str | None = None  # the launch of the processes training it together (torchrun), if any
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -406,14 +407,53 @@ def _rank() -> int:
     return rank if rank else int(os.environ.get("NODE_RANK", "0") != "0")
 
 
+LAUNCH_WAIT_S = 600.0  # how long the other processes of a torchrun launch wait for the primary's run
+
+
+def _launch_id() -> str | None:
+    """An id of the processes a launcher started together (torchrun, i.e. torch.distributed.elastic), or
+    None under Lightning's own DDP launcher, whose extra processes start once the run is recorded."""
+    run = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run is None:
+        return None
+    # The rendezvous id alone repeats across launches (its default is "none"); the rendezvous address and
+    # the restart count do not.
+    where = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+    return f"{run}/{where}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+def _primary_state(path: Path, launch: str | None, timeout_s: float = LAUNCH_WAIT_S) -> RunState:
+    """The run the primary process recorded for this launch. Under torchrun every process starts at once,
+    so the others wait for the primary to record (or resume) the run and mark it with the launch."""
+    if launch is None:
+        return RunState.load(path)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if path.exists():
+            state = RunState.load(path)  # written by an atomic rename: never half a file
+            if state.launch == launch:
+                return state
+        if time.monotonic() > deadline:
+            raise TrainError(
+                f"rank {_rank()}: the primary process (rank 0) recorded no run for launch {launch} within "
+                f"{timeout_s:.0f} s (every process must see the same tracking.output_dir)",
+                path=path,
+            )
+        time.sleep(0.2)
+
+
 def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A training configuration (`TrainConfig.to_dict()`) reduced to what decides the trained model: two
     runs whose comparable configs are equal may resume or reuse each other's model."""
     # Progress bars change nothing that is computed, and the thread count only the last bits of CPU
     # arithmetic (a run may continue on another machine); everything else must match to resume.
     out = json.loads(json.dumps(config))
+    trainer = out.get("trainer", {})
     for key in ("progress", "num_threads"):
-        out.get("trainer", {}).pop(key, None)
+        trainer.pop(key, None)
+    # One node is what a run recorded before trainer.num_nodes existed trained on.
+    if trainer.get("num_nodes") == 1:
+        trainer.pop("num_nodes")
     return dict(out)
 
 
@@ -473,6 +513,7 @@ def _fit(
             resume_from=str(resume_from) if resume_from is not None else None,
             accelerator=t.accelerator,
             devices=t.devices,
+            num_nodes=t.num_nodes,
             strategy=t.strategy,
             progress=t.progress,
             max_epochs=t.max_epochs,
@@ -552,6 +593,11 @@ def _train(config: TrainConfig, out: Path, uri: str, *, resume: bool, register: 
         state = RunState(run.info.run_id, exp_id, uri, config.to_dict())
         state.save(state_path)
 
+    launch = _launch_id()
+    if state.launch != launch:
+        # The processes torchrun started beside this one wait for this mark before they train.
+        state.launch = launch
+        state.save(state_path)
     mlflow.set_tracking_uri(uri)
     try:
         return _run(config, state, client, out, resume=resume, register=register)
@@ -566,7 +612,7 @@ def _train(config: TrainConfig, out: Path, uri: str, *, resume: bool, register: 
 def _train_worker(config: TrainConfig, out: Path, uri: str, resume: bool) -> TrainResult:
     """A non-primary DDP process: the same data and model, training only (Lightning's MLflow logger and
     checkpoints act on rank 0 alone)."""
-    state = RunState.load(out / STATE_FILE)
+    state = _primary_state(out / STATE_FILE, _launch_id())
     _, trace, split, spec = load_data(config)
     forecaster = build_forecaster(config, spec)
     last = out / CHECKPOINTS / "last.ckpt"

@@ -293,3 +293,65 @@ def test_shipped_configs_are_valid(config: Path) -> None:
     assert hpa is not None and len(hpa.target_utilization) >= 6
     assert hpa.scale_down_window_s is not None and len(hpa.scale_down_window_s) >= 3
     assert 3000 < max(hpa.scale_down_window_s) <= 3600 and len(hpa.tolerance) >= 2  # up to the HPA limit
+
+
+def test_a_backtest_config_as_base_lends_all_but_its_run(tmp_path: Path) -> None:
+    """A variant names another backtest config as its base: every section carries over key by key, its own
+    keys win, and the base's run name and folder do not (the variant must not write over its results)."""
+    base = _write(
+        tmp_path,
+        {
+            "backtest": {"lead_time": 1, "interval": 1},
+            "policies": {"point": {"margin": [0, 1]}},
+            "report": {"run_name": "first", "output_dir": str(tmp_path / "first")},
+        },
+        "first.yaml",
+    )
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(
+        yaml.safe_dump(
+            {
+                "base": base.name,  # relative to the variant's folder
+                "forecaster": {"model_dir": str(tmp_path / "first" / "model")},
+                "backtest": {"lead_time": 3},
+            }
+        )
+    )
+    cfg = load_backtest_config(variant)
+    assert cfg.base == base
+    assert cfg.backtest.lead_time == 3 and cfg.backtest.interval == 1
+    assert cfg.policies.point is not None and cfg.policies.point.margin == [0, 1]
+    assert cfg.train.model.lookback == 144  # from the training config at the bottom of the chain
+    assert cfg.run_name == "variant" and cfg.output_dir == Path("runs/backtest/variant")
+    assert cfg.forecaster.model_dir == str(tmp_path / "first" / "model")
+
+
+def test_a_cycle_of_bases_and_a_bad_base_are_named(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(yaml.safe_dump({"base": "b.yaml", "backtest": {"interval": 1}}))
+    b.write_text(yaml.safe_dump({"base": "a.yaml", "backtest": {"interval": 1}}))
+    with pytest.raises(ConfigError, match=r"base: a\.yaml leads back to this file \(a cycle of bases\)"):
+        load_backtest_config(a)
+    bad = _write(tmp_path, {"backtest": {"lead": 2}}, "bad.yaml")
+    c = tmp_path / "c.yaml"
+    c.write_text(yaml.safe_dump({"base": "bad.yaml"}))
+    with pytest.raises(ConfigError) as info:
+        load_backtest_config(c)
+    assert str(info.value).startswith(f"{bad}: backtest.lead: unknown key"), str(info.value)
+
+
+def test_model_dir_needs_origin_train(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"forecaster": {"origin": "path", "path": "x", "model_dir": "m"}})
+    with pytest.raises(ConfigError, match=r"forecaster\.model_dir: expected a folder for the trained model"):
+        load_backtest_config(path)
+
+
+def test_the_gpu_cold_start_variants_share_the_base_model() -> None:
+    folder = ROOT / "configs" / "backtest"
+    base = load_backtest_config(folder / "alibaba_gentd26.yaml")
+    for minutes in (3, 5):
+        cfg = load_backtest_config(folder / f"alibaba_gentd26_lead{minutes}.yaml")
+        # 57-s steps: the lead time is the cold start rounded to whole steps.
+        assert cfg.backtest.lead_time == minutes
+        assert cfg.forecaster.model_dir == str(base.output_dir / "model")
+        assert cfg.train == base.train and cfg.policies == base.policies
