@@ -247,7 +247,7 @@ async def one_round(
 async def run(args: argparse.Namespace) -> None:
     import aiohttp
     from harmony_operator.kube import KubeClient
-    from harmony_operator.models import ModelCache
+    from harmony_operator.models import ModelCache, ModelPolicy
     from harmony_operator.prometheus import PrometheusClient
 
     from harmony.data.catalog import load
@@ -276,7 +276,8 @@ async def run(args: argparse.Namespace) -> None:
             KubeClient() as kube,
         ):
             prom = PrometheusClient(prom_url, http, timeout_s=30)
-            models = ModelCache(tmp / "cache")
+            # The benchmark's model is saved in its temporary directory: allow it (the default is /models/).
+            models = ModelCache(tmp / "cache", policy=ModelPolicy((f"{tmp}/",)))
             for label, batch, spread in (
                 ("burst, unbatched", 1, 0.0),
                 ("burst", 512, 0.0),

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harmony.decision.rates import RateLimit
+
 __all__ = ["DecisionConfig"]
 
 
@@ -49,6 +51,11 @@ class DecisionConfig:
     scale_down_stabilization_s: float = 300.0
     max_scale_up_step: int | None = None
     max_scale_down_step: int | None = None
+    # The HPA's `behavior` beyond the two step caps: a scale-up stabilisation window and the rate rules
+    # (`policies` with `selectPolicy`) of each direction; None = no rate limit that way.
+    scale_up_stabilization_s: float = 0.0
+    scale_up_rate: RateLimit | None = None
+    scale_down_rate: RateLimit | None = None
     fallback_target_utilization: float = 0.7
     fallback_margin: float = 0.1
     adaptive: bool = True
@@ -92,6 +99,15 @@ class DecisionConfig:
             self.scale_down_stabilization_s >= 0,
             f"scale_down_stabilization_s must be >= 0, got {self.scale_down_stabilization_s}",
         )
+        _require(
+            self.scale_up_stabilization_s >= 0,
+            f"scale_up_stabilization_s must be >= 0, got {self.scale_up_stabilization_s}",
+        )
+        for key in ("scale_up_rate", "scale_down_rate"):
+            _require(
+                getattr(self, key) is None or isinstance(getattr(self, key), RateLimit),
+                f"{key} must be None or a RateLimit",
+            )
         for key in ("max_scale_up_step", "max_scale_down_step"):
             step = getattr(self, key)
             _require(step is None or (_is_int(step) and step >= 1), f"{key} must be None or an integer >= 1")

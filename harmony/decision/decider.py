@@ -332,12 +332,14 @@ class Decider:
         return {
             "tracker": self.tracker.state_dict(),
             "stabilizer": self.stabilizer.state_dict(),
+            "rate_changes": self.stabilizer.rate_state(),
             "recent": [[replicas, level] for replicas, level in self._memory.recent],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.tracker.load_state_dict(state["tracker"])
         self.stabilizer.load_state_dict(state["stabilizer"])
+        self.stabilizer.load_rate_state(state.get("rate_changes", []))  # absent in state saved before it
         # State saved before "recent" existed (its "last_level" cannot say which count it set) starts empty.
         self._memory = self._fresh_memory()
         self._memory.recent.extend(

@@ -1,4 +1,5 @@
-"""harmony's Kubernetes operator: scales Deployments and StatefulSets on forecast distributions.
+"""harmony's Kubernetes operator: scales workloads (Deployments, StatefulSets, any kind with a /scale
+subresource) on forecast distributions.
 
 One `HarmonyAutoscaler` custom resource per workload (CRD in helm/harmony-operator/crds/). Every interval the
 operator queries the workload's indicators from Prometheus, samples the trained forecaster, asks

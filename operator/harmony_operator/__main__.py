@@ -11,12 +11,13 @@ import sys
 import kopf
 
 from harmony_operator import handlers
+from harmony_operator.prometheus import PrometheusAuth
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="harmony-operator",
-        description="Scale Deployments and StatefulSets on forecast distributions (HarmonyAutoscaler).",
+        description="Scale workloads on forecast distributions (HarmonyAutoscaler).",
     )
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace (default)")
@@ -33,9 +34,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("HARMONY_PROMETHEUS_URL", ""),
         help="base URL of the Prometheus HTTP API [$HARMONY_PROMETHEUS_URL]",
     )
+    p.add_argument(
+        "--prometheus-bearer-token-file",
+        metavar="PATH",
+        help="a bearer token for Prometheus (re-read each query)",
+    )
+    p.add_argument(
+        "--prometheus-username-file", metavar="PATH", help="basic auth for Prometheus: the username"
+    )
+    p.add_argument(
+        "--prometheus-password-file", metavar="PATH", help="basic auth for Prometheus: the password"
+    )
+    p.add_argument("--prometheus-ca-file", metavar="PATH", help="CA bundle for an https Prometheus")
+    p.add_argument(
+        "--prometheus-url-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a resource's spec.prometheus.url may start with this (repeatable; default: none allowed)",
+    )
+    p.add_argument(
+        "--query-namespace-label",
+        metavar="LABEL",
+        help='each selector in a resource\'s queries must have LABEL="<its namespace>" (default off)',
+    )
     p.add_argument("--metrics-port", type=int, default=9090, help="port of /metrics (0 = off)")
     p.add_argument("--health-port", type=int, default=8080, help="port of /healthz (0 = off)")
+    p.add_argument(
+        "--bind-address",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="address /metrics and /healthz listen on (default all; 127.0.0.1 keeps them local)",
+    )
     p.add_argument("--lease-name", default="harmony-operator")
+    p.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS", help="default 15")
+    p.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="the leader stops acting this long after its last renewal (default 10)",
+    )
+    p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS", help="default 2")
     p.add_argument(
         "--lease-namespace",
         default=os.environ.get("POD_NAMESPACE"),
@@ -52,6 +92,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help="a series whose newest sample is older than max(3 model steps, this) is stale",
     )
+    p.add_argument(
+        "--model-uri-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a spec.model.uri must start with one of these (repeatable; default models:/ and /models/)",
+    )
+    p.add_argument(
+        "--model-max-bytes", type=int, default=512 * 1024**2, help="largest model accepted (default 512 MiB)"
+    )
+    p.add_argument("--model-load-timeout", type=float, default=120.0, metavar="SECONDS", help="default 120")
+    p.add_argument(
+        "--inference-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a forecast taking longer is abandoned for the fallback rule (default 30)",
+    )
     p.add_argument("--log-format", choices=("plain", "json"), default="plain")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -61,6 +119,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("leader election needs --lease-namespace (or $POD_NAMESPACE); or pass --no-leader-election")
     if args.num_samples < 10:
         p.error("--num-samples must be at least 10")
+    if not 0 < args.retry_period < args.renew_deadline < args.lease_duration:
+        p.error("need 0 < --retry-period < --renew-deadline < --lease-duration")
+    if args.model_max_bytes <= 0 or args.model_load_timeout <= 0 or args.inference_timeout <= 0:
+        p.error("--model-max-bytes, --model-load-timeout and --inference-timeout must be positive")
+    if any(not prefix.strip() for prefix in args.model_uri_prefix):
+        p.error("--model-uri-prefix must not be empty")
+    args.model_uri_prefix = args.model_uri_prefix or ["models:/", "/models/"]
+    try:
+        args.prometheus_auth = PrometheusAuth(
+            bearer_token_file=args.prometheus_bearer_token_file,
+            username_file=args.prometheus_username_file,
+            password_file=args.prometheus_password_file,
+            ca_file=args.prometheus_ca_file,
+        )
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 
@@ -81,9 +155,21 @@ def main(argv: list[str] | None = None) -> None:
             num_samples=args.num_samples,
             model_cache_dir=os.environ.get("HARMONY_MODEL_CACHE_DIR") or None,
             min_staleness_s=args.min_staleness,
+            lease_duration_s=args.lease_duration,
+            renew_deadline_s=args.renew_deadline,
+            retry_period_s=args.retry_period,
+            model_uri_prefixes=tuple(args.model_uri_prefix),
+            model_max_bytes=args.model_max_bytes,
+            model_load_timeout_s=args.model_load_timeout,
+            inference_timeout_s=args.inference_timeout,
+            bind_address=args.bind_address,
+            prometheus_auth=args.prometheus_auth,
+            prometheus_url_prefixes=tuple(args.prometheus_url_prefix),
+            query_namespace_label=args.query_namespace_label or None,
         )
     )
-    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    host = f"[{args.bind_address}]" if ":" in args.bind_address else args.bind_address
+    liveness = f"http://{host}:{args.health_port}/healthz" if args.health_port else None
     try:
         asyncio.run(
             kopf.operator(

@@ -1,18 +1,25 @@
-"""kopf wiring: one daemon per HarmonyAutoscaler runs `Reconciler.reconcile` every interval.
+"""kopf wiring: one daemon per HarmonyAutoscaler runs `Runtime.step` (a reconcile and its writes).
 
 Settings come from `configure(OperatorOptions)` (the CLI) or, when started as `kopf run -m
 harmony_operator.handlers`, from the environment (`OperatorOptions.from_env`). kopf runs standalone (no
 peering objects); one-active-instance is the Lease in `harmony_operator.leader`. A standby instance's
-daemons wait without touching the cluster until it holds the lease. Handler results are never returned,
-so kopf writes nothing into `.status` beside what the reconciler writes.
+daemons wait without touching the cluster until it holds the lease, and every write is fenced by it.
+Handler results are never returned, so kopf writes nothing into `.status` beside what the reconciler writes.
+
+Level-triggered: the daemon sleeps until its next interval *or* until a watch event shows a new generation
+(a spec edit) or a changed pause annotation (`on_event`), so an edit acts within a moment, not after the
+old interval. A step never raises: an unexpected exception ends in `Ready=False/InternalError` and a Warning
+event, the decision memory in status is kept, and the loop retries with back-off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +29,27 @@ import kopf
 
 from harmony_operator import GROUP, PLURAL, VERSION
 from harmony_operator.batching import BatchSampler
-from harmony_operator.kube import ApiError, KubeClient, NotFound, retrying
-from harmony_operator.leader import LeaderElector
+from harmony_operator.kube import (
+    ApiError,
+    KubeClient,
+    NotFound,
+    NotLeader,
+    connection_info,
+    load_credentials,
+    retrying,
+)
+from harmony_operator.leader import LeaderElector, default_identity
 from harmony_operator.metrics import OperatorMetrics
-from harmony_operator.models import ModelCache
-from harmony_operator.prometheus import PrometheusClient
-from harmony_operator.reconcile import Reconciler, ReconcilerSettings
+from harmony_operator.models import ModelCache, ModelPolicy
+from harmony_operator.prometheus import PrometheusAuth, PrometheusClient
+from harmony_operator.reconcile import Event, Outcome, Reconciler, ReconcilerSettings
+from harmony_operator.redact import redact
 
-__all__ = ["OperatorOptions", "Runtime", "configure"]
+__all__ = ["PAUSED_ANNOTATION", "OperatorOptions", "Runtime", "configure", "is_paused"]
 
 log = logging.getLogger(__name__)
+
+PAUSED_ANNOTATION = f"{GROUP}/paused"
 
 # Every status key the reconciler may write: a patch sets the ones it did not write this time to null, so
 # the status never shows a stale probability or forecast next to a fresh fallback decision.
@@ -50,6 +68,7 @@ STATUS_KEYS = (
     "calibration",
     "model",
     "state",
+    "health",
     "conditions",
 )
 
@@ -65,6 +84,21 @@ class OperatorOptions:
     model_cache_dir: str | None = None
     # Newest sample older than max(3 model steps, this) = stale; raise it for slowly scraped metrics.
     min_staleness_s: float = 120.0
+    # client-go's defaults: a lease of 15 s, given up 10 s after the last renewal, renewed every 2 s.
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+    identity: str | None = None
+    # Tenancy and bounds on models (ModelPolicy): where model.uri may point, how big and slow a load may be.
+    model_uri_prefixes: tuple[str, ...] = ("models:/", "/models/")
+    model_max_bytes: int = 512 * 1024**2
+    model_load_timeout_s: float = 120.0
+    inference_timeout_s: float = 30.0
+    bind_address: str = "0.0.0.0"  # of /metrics (and, through the CLI, /healthz)
+    # Credentials and CA for --prometheus-url, from mounted Secret files; servers resources may name.
+    prometheus_auth: PrometheusAuth | None = None
+    prometheus_url_prefixes: tuple[str, ...] = ()
+    query_namespace_label: str | None = None  # the per-namespace query guard (harmony_operator.queryguard)
 
     @classmethod
     def from_env(cls) -> OperatorOptions:
@@ -81,6 +115,26 @@ class OperatorOptions:
             num_samples=int(os.environ.get("HARMONY_NUM_SAMPLES", "100")),
             model_cache_dir=os.environ.get("HARMONY_MODEL_CACHE_DIR") or None,
             min_staleness_s=float(os.environ.get("HARMONY_MIN_STALENESS_S", "120")),
+            lease_duration_s=float(os.environ.get("HARMONY_LEASE_DURATION_S", "15")),
+            renew_deadline_s=float(os.environ.get("HARMONY_RENEW_DEADLINE_S", "10")),
+            retry_period_s=float(os.environ.get("HARMONY_RETRY_PERIOD_S", "2")),
+            model_uri_prefixes=tuple(
+                p for p in os.environ.get("HARMONY_MODEL_URI_PREFIXES", "models:/,/models/").split(",") if p
+            ),
+            model_max_bytes=int(os.environ.get("HARMONY_MODEL_MAX_BYTES", str(512 * 1024**2))),
+            model_load_timeout_s=float(os.environ.get("HARMONY_MODEL_LOAD_TIMEOUT_S", "120")),
+            inference_timeout_s=float(os.environ.get("HARMONY_INFERENCE_TIMEOUT_S", "30")),
+            bind_address=os.environ.get("HARMONY_BIND_ADDRESS", "0.0.0.0"),
+            prometheus_auth=PrometheusAuth(
+                bearer_token_file=os.environ.get("HARMONY_PROMETHEUS_BEARER_TOKEN_FILE") or None,
+                username_file=os.environ.get("HARMONY_PROMETHEUS_USERNAME_FILE") or None,
+                password_file=os.environ.get("HARMONY_PROMETHEUS_PASSWORD_FILE") or None,
+                ca_file=os.environ.get("HARMONY_PROMETHEUS_CA_FILE") or None,
+            ),
+            prometheus_url_prefixes=tuple(
+                p for p in os.environ.get("HARMONY_PROMETHEUS_URL_PREFIXES", "").split(",") if p
+            ),
+            query_namespace_label=os.environ.get("HARMONY_QUERY_NAMESPACE_LABEL") or None,
         )
 
 
@@ -97,11 +151,22 @@ class Runtime:
 
     def __init__(self, options: OperatorOptions) -> None:
         self.options = options
+        # MLflow's download progress bars write to stderr and break one-JSON-object-per-line logs.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.metrics = OperatorMetrics()
-        self.kube = KubeClient()
-        self.http = aiohttp.ClientSession()
-        self.prometheus = PrometheusClient(options.prometheus_url, self.http)
-        self.models = ModelCache(Path(options.model_cache_dir) if options.model_cache_dir else None)
+        self.identity = options.identity or default_identity()
+        # Every status and /scale write is fenced: asked of the lease right before it goes out.
+        self.kube = KubeClient(user_agent=f"harmony-operator/{self.identity}", guard=lambda: self.is_leader)
+        auth = options.prometheus_auth
+        tls = auth.ssl_context() if auth is not None else None
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls) if tls else None)
+        self.prometheus = PrometheusClient(options.prometheus_url, self.http, auth=auth)
+        self.models = ModelCache(
+            Path(options.model_cache_dir) if options.model_cache_dir else None,
+            policy=ModelPolicy(
+                tuple(options.model_uri_prefixes), options.model_max_bytes, options.model_load_timeout_s
+            ),
+        )
         self.sampler = BatchSampler(options.num_samples)
         self.reconciler = Reconciler(
             self.kube,
@@ -109,9 +174,16 @@ class Runtime:
             self.models,
             self.sampler,
             self.metrics,
-            ReconcilerSettings(stale_min_s=options.min_staleness_s),
+            ReconcilerSettings(
+                stale_min_s=options.min_staleness_s,
+                inference_timeout_s=options.inference_timeout_s,
+                prometheus_url_prefixes=tuple(options.prometheus_url_prefixes),
+                query_namespace_label=options.query_namespace_label,
+            ),
         )
         self.stop = asyncio.Event()
+        self._wakes: dict[tuple[str, str], asyncio.Event] = {}
+        self._acted: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.elector: LeaderElector | None = None
         self.elector_task: asyncio.Task[None] | None = None
         if options.leader_election:
@@ -121,6 +193,10 @@ class Runtime:
                 self.kube,
                 options.lease_namespace,
                 options.lease_name,
+                self.identity,
+                lease_s=options.lease_duration_s,
+                renew_deadline_s=options.renew_deadline_s,
+                retry_s=options.retry_period_s,
                 on_change=lambda leader: self.metrics.leader.set(1 if leader else 0),
             )
         else:
@@ -132,10 +208,107 @@ class Runtime:
 
     async def start(self) -> None:
         if self.options.metrics_port:
-            self.metrics.serve(self.options.metrics_port)
+            self.metrics.serve(self.options.metrics_port, self.options.bind_address)
         if self.elector is not None:
             await self.elector.try_acquire_or_renew()
             self.elector_task = asyncio.create_task(self.elector.run(self.stop))
+
+    # level-triggered wake-ups ---------------------------------------------------------------------------
+    def _wake(self, namespace: str, name: str) -> asyncio.Event:
+        return self._wakes.setdefault((namespace, name), asyncio.Event())
+
+    def changed(self, namespace: str, name: str, version: tuple[Any, ...]) -> bool:
+        """Whether a watch event shows another generation or pause state than the daemon last acted on."""
+        acted = self._acted.get((namespace, name))
+        return acted is not None and acted != version
+
+    def notice(self, namespace: str, name: str, version: tuple[Any, ...]) -> None:
+        """A watch event: wake the resource's daemon if it acted on another generation or pause state."""
+        if self.changed(namespace, name, version):
+            self._wake(namespace, name).set()
+
+    async def sleep(self, namespace: str, name: str, stopped: kopf.DaemonStopped, seconds: float) -> None:
+        """Until `seconds` pass, the daemon is stopped, or `notice` sees a change, whichever comes first."""
+        waiters = [
+            asyncio.ensure_future(self._wake(namespace, name).wait()),
+            asyncio.ensure_future(stopped.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._wakes.pop((namespace, name), None)
+        self._acted.pop((namespace, name), None)
+        self.reconciler.forget(namespace, name)
+
+    # one reconcile and its writes ------------------------------------------------------------------------
+    async def step(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        status: dict[str, Any],
+        generation: int | None,
+        *,
+        version: tuple[Any, ...] = (),
+        paused: bool = False,
+        post_event: Callable[[Event], None] | None = None,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> float:
+        """Reconcile, then write the status and post the events (each write fenced); seconds until the next.
+
+        Never raises but for cancellation: a failure of any kind becomes a condition and an event.
+        """
+        self._acted[(namespace, name)] = version
+        self._wake(namespace, name).clear()
+        try:
+            outcome = await self.reconciler.reconcile(
+                namespace, name, spec, status, generation, paused=paused
+            )
+        except NotLeader as exc:
+            log.info("%s/%s: %s", namespace, name, exc)
+            return self.options.retry_period_s
+        except Exception as exc:  # the loop must survive anything; the failure is reported, not lost
+            log.exception("reconciling %s/%s failed", namespace, name)
+            outcome = self.reconciler.failure(namespace, name, spec, status, generation, exc)
+        if stopped():
+            return 0.0  # deleted (or shutting down) while deciding: write nothing more
+        await self.write(namespace, name, outcome, post_event)
+        return outcome.next_in_s
+
+    async def write(
+        self, namespace: str, name: str, outcome: Outcome, post_event: Callable[[Event], None] | None
+    ) -> None:
+        patch: dict[str, Any] = dict.fromkeys(STATUS_KEYS)
+        patch.update(outcome.status)
+        # No credential in anything written: a URL with user:password@, a token in a query, a header.
+        for cond in patch.get("conditions") or []:
+            cond["message"] = redact(str(cond.get("message", "")))
+        if isinstance(patch.get("reason"), str):
+            patch["reason"] = redact(patch["reason"])
+        try:
+            await retrying(
+                functools.partial(self.kube.patch_status, GROUP, VERSION, PLURAL, namespace, name, patch)
+            )
+        except NotLeader as exc:
+            log.info("%s/%s: %s", namespace, name, exc)
+            return
+        except NotFound:
+            return
+        except ApiError as exc:
+            log.warning("%s/%s: could not write the status: %s", namespace, name, exc)
+        else:
+            conditions = outcome.status.get("conditions") or [{}]
+            log.info("%s/%s: %s", namespace, name, redact(str(outcome.status.get("reason", conditions[0]))))
+        if post_event is not None:
+            for event in outcome.events:
+                if self.is_leader:  # events are writes too
+                    post_event(Event(event.type, event.reason, redact(event.message)))
 
     async def close(self) -> None:
         self.stop.set()
@@ -147,8 +320,10 @@ class Runtime:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    # The same credentials loader as the operator's own calls (kubernetes_asyncio): every kubeconfig form,
+    # exec plugins and the in-cluster service account; kopf asks again when they expire or get a 401.
+    return await connection_info(await load_credentials())
 
 
 @kopf.on.startup()
@@ -180,6 +355,32 @@ def probe_leader(memo: kopf.Memo, **_: Any) -> bool:
     return bool(runtime is not None and runtime.is_leader)
 
 
+def is_paused(meta: kopf.Meta | dict[str, Any]) -> bool:
+    """KEDA's convention: the annotation `harmony.dev/paused: "true"` stops scaling, not deciding."""
+    value = (meta.get("annotations") or {}).get(PAUSED_ANNOTATION)
+    return str(value).strip().lower() == "true"
+
+
+def _version(meta: kopf.Meta) -> tuple[Any, ...]:
+    """What a daemon acts on beside the spec's content: the generation and the pause annotation."""
+    return (meta.get("generation"), (meta.get("annotations") or {}).get(PAUSED_ANNOTATION))
+
+
+def _wakes_daemon(namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
+    # A filter, so that the handler (and kopf's log line for it) runs only for the events that matter: every
+    # status write is a watch event too.
+    runtime: Runtime | None = memo.get("runtime")
+    return runtime is not None and runtime.changed(namespace, name, _version(meta))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, when=_wakes_daemon)  # type: ignore[arg-type]
+def on_event(namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    # Watch events only wake daemons; they write nothing (kopf keeps no progress for event handlers).
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        runtime.notice(namespace, name, _version(meta))
+
+
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30.0)  # type: ignore[arg-type]
 async def autoscale(
     stopped: kopf.DaemonStopped,
@@ -195,33 +396,28 @@ async def autoscale(
 ) -> None:
     runtime: Runtime = memo["runtime"]
     runtime.metrics.resources.inc()
+
+    def post(event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
+
     try:
         while not stopped:
             if not runtime.is_leader:
                 await stopped.wait(1.0)
                 continue
             generation = meta.get("generation")
-            outcome = await runtime.reconciler.reconcile(
-                namespace, name, dict(spec), dict(status), int(generation) if generation is not None else None
+            next_in = await runtime.step(
+                namespace,
+                name,
+                dict(spec),
+                dict(status),
+                int(generation) if generation is not None else None,
+                version=_version(meta),
+                paused=is_paused(meta),
+                post_event=post,
+                stopped=lambda: bool(stopped),
             )
-            if stopped:
-                break  # deleted (or shutting down) while deciding: write nothing more
-            patch: dict[str, Any] = dict.fromkeys(STATUS_KEYS)
-            patch.update(outcome.status)
-            try:
-                await retrying(
-                    functools.partial(
-                        runtime.kube.patch_status, GROUP, VERSION, PLURAL, namespace, name, patch
-                    )
-                )
-            except NotFound:
-                break
-            except ApiError as exc:
-                logger.warning("could not write the status: %s", exc)
-            for event in outcome.events:
-                kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
-            logger.info("%s", outcome.status.get("reason", outcome.status.get("conditions", [{}])[0]))
-            await stopped.wait(outcome.next_in_s)
+            await runtime.sleep(namespace, name, stopped, next_in)
     finally:
-        runtime.reconciler.forget(namespace, name)
+        runtime.forget(namespace, name)
         runtime.metrics.resources.dec()

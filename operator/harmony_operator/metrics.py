@@ -87,7 +87,10 @@ class OperatorMetrics:
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted resource's series so /metrics does not report it forever."""
         per_resource: tuple[Gauge | Histogram, ...] = (
-            self.desired, self.current, self.p_violation, self.forecast_error
+            self.desired,
+            self.current,
+            self.p_violation,
+            self.forecast_error,
         )
         for metric in per_resource:
             with contextlib.suppress(KeyError):

@@ -3,20 +3,25 @@
 Every failure becomes a `MetricsError` with a `reason` the operator puts in the MetricsAvailable condition:
 
     PrometheusUnreachable   connection refused, timeout, or an HTTP 5xx from Prometheus
+    PrometheusUnauthorized  HTTP 401/403: the credentials (`PrometheusAuth`) are missing or refused
     QueryError              Prometheus rejected the query (HTTP 400/422, status "error")
     AmbiguousQuery          the query returned more than one series (aggregate it, e.g. with sum())
     NoData                  the query returned no series, or no finite sample in the window
     StaleData               the newest finite sample is older than the staleness limit
     InsufficientData        too many of the lookback's steps are missing or NaN to trust the rest
 
-Small gaps (NaN, missing steps) within the lookback are filled by linear interpolation over time, as the
-data layer does for the training traces, so the model sees the same kind of input it was trained on.
+Negative samples are treated as missing (no indicator is negative: a negative value is a delta across a
+counter reset). Small gaps (NaN, negative, missing steps) within the lookback are filled by linear
+interpolation over time, as the data layer does for the training traces, so the model sees the same kind
+of input it was trained on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +30,14 @@ import aiohttp
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["History", "MetricsError", "PrometheusClient"]
+from harmony_operator.redact import redact
+
+__all__ = ["History", "MetricsError", "PrometheusAuth", "PrometheusClient"]
 
 
 class MetricsError(RuntimeError):
     def __init__(self, reason: str, message: str, indicator: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.reason = reason
         self.indicator = indicator
 
@@ -48,11 +55,53 @@ class History:
         return {n: float(self.values[-1, k]) for k, n in enumerate(self.names)}
 
 
+@dataclass(frozen=True)
+class PrometheusAuth:
+    """Credentials for Prometheus from mounted files (Kubernetes Secrets), read at every request so that a
+    rotated Secret is picked up without a restart: a bearer token, or a username and a password; and a CA
+    bundle for an https URL (used when the session is made, `ssl_context`)."""
+
+    bearer_token_file: str | None = None
+    username_file: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.bearer_token_file and (self.username_file or self.password_file):
+            raise ValueError("Prometheus auth: a bearer token or a username and password, not both")
+        if bool(self.username_file) != bool(self.password_file):
+            raise ValueError("Prometheus basic auth needs both a username file and a password file")
+
+    @staticmethod
+    def _read(path: str) -> str:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+
+    def headers(self) -> dict[str, str]:
+        if self.bearer_token_file:
+            return {"Authorization": f"Bearer {self._read(self.bearer_token_file)}"}
+        if self.username_file and self.password_file:
+            pair = f"{self._read(self.username_file)}:{self._read(self.password_file)}"
+            return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+        return {}
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+
+
 class PrometheusClient:
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        *,
+        timeout_s: float = 10.0,
+        auth: PrometheusAuth | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.auth = auth
 
     async def query_range(
         self, query: str, start: float, end: float, step: float, *, indicator: str | None = None
@@ -61,7 +110,13 @@ class PrometheusClient:
         params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
         url = f"{self.base_url}/api/v1/query_range"
         try:
-            async with self.session.get(url, params=params, timeout=self.timeout) as resp:
+            headers = self.auth.headers() if self.auth is not None else {}
+        except OSError as exc:
+            raise MetricsError(
+                "PrometheusUnauthorized", f"Prometheus credentials unreadable: {exc}", indicator
+            ) from exc
+        try:
+            async with self.session.get(url, params=params, timeout=self.timeout, headers=headers) as resp:
                 status = resp.status
                 try:
                     body: Any = await resp.json(content_type=None)
@@ -71,6 +126,12 @@ class PrometheusClient:
             raise MetricsError(
                 "PrometheusUnreachable", f"Prometheus at {self.base_url} is unreachable: {exc!s}", indicator
             ) from exc
+        if status in (401, 403):
+            raise MetricsError(
+                "PrometheusUnauthorized",
+                f"Prometheus at {self.base_url} answered HTTP {status}: credentials missing or refused",
+                indicator,
+            )
         if status >= 500 and not (isinstance(body, dict) and body.get("errorType") == "execution"):
             raise MetricsError(
                 "PrometheusUnreachable", f"Prometheus at {self.base_url} answered HTTP {status}", indicator
@@ -91,10 +152,10 @@ class PrometheusClient:
         if not result:
             raise MetricsError("NoData", f"query {query!r} returned no series", indicator)
         if len(result) > 1:
-            labels = [r.get("metric", {}) for r in result[:3]]
+            # Only the count: the series' label sets may belong to other tenants.
             raise MetricsError(
                 "AmbiguousQuery",
-                f"query {query!r} returned {len(result)} series (e.g. {labels}); aggregate it to one",
+                f"query {query!r} returned {len(result)} series; aggregate it to one (e.g. with sum())",
                 indicator,
             )
         out: list[tuple[float, float]] = []
@@ -103,7 +164,10 @@ class PrometheusClient:
                 v = float(raw)
             except (TypeError, ValueError):
                 v = math.nan
-            out.append((float(ts), v if math.isfinite(v) else math.nan))
+            # Indicators are rates, levels and utilisations, never negative: a negative sample is a delta
+            # taken across a counter reset (e.g. `delta()` or `x - x offset 1m` on a counter); treat it as
+            # missing, like NaN, so the gap is interpolated rather than read as negative demand.
+            out.append((float(ts), v if math.isfinite(v) and v >= 0 else math.nan))
         return out
 
     async def history(
@@ -130,7 +194,9 @@ class PrometheusClient:
                     values[j, k] = v
             finite = np.flatnonzero(np.isfinite(values[:, k]))
             if finite.size == 0:
-                raise MetricsError("NoData", f"query {query!r} has no finite sample in the window", name)
+                raise MetricsError(
+                    "NoData", f"query {query!r} has no finite, non-negative sample in the window", name
+                )
             newest = grid[finite[-1]]
             if end - newest > stale_after_s:
                 raise MetricsError(

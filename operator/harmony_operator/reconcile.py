@@ -12,14 +12,25 @@ benchmark and tests alike. Every fault ends in a defined state (docs/operator.md
     model unusable/absent   ModelLoaded=False/<reason>; the reactive fallback rule on current demand,
                             never below the replicas in place when any demand is unknown, Warning event
     forecast miscalibrated  ForecastCalibrated=False; the decider's own fallback rule
-    scale PATCH fails       retried (409 and 5xx) with back-off; then ScalingActive=False/ScaleFailed
+    scale PATCH fails       retried (409 and 5xx) with back-off; then Ready=False and
+                            ScalingActive=False/ScaleFailed
+    saved state from the future (a leader with a clock ahead wrote it): its stabilisation entries newer than
+                            now are dropped, Warning event ClockSkew; the calibration posterior is kept
+    not the leader any more `NotLeader` propagates: the caller writes nothing
+    another autoscaler      an HPA, a KEDA ScaledObject or an older HarmonyAutoscaler on the same target:
+                            Ready=False/ConflictingAutoscaler, Warning event; decides but never scales
+
+Whatever the early exit, the decision memory in status (`state`, `calibration`, `lastScaleTime`) is carried
+over, so a transient API error or a target missing for a while does not erase what was learnt.
 
 No path sets fewer than minReplicas (>= 1) replicas: the decision clips, and `_safe` clips again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -35,17 +46,30 @@ from numpy.typing import NDArray
 from harmony.data.windows import MAX_MISSING_FRACTION, STALE_STEPS
 from harmony.decision import Decider, Decision, DecisionConfig
 from harmony_operator.batching import BatchSampler
-from harmony_operator.kube import ApiError, KubeClient, NotFound, retrying
+from harmony_operator.kube import ApiError, KubeClient, NotFound, NotLeader, retrying
 from harmony_operator.metrics import OperatorMetrics
 from harmony_operator.models import LoadedModel, ModelCache, ModelError, check_indicators
 from harmony_operator.prometheus import History, MetricsError, PrometheusClient
+from harmony_operator.queryguard import QueryNotAllowed, check_query
 from harmony_operator.spec import AutoscalerSpec, SpecError, parse_spec
 
-__all__ = ["Event", "Outcome", "Reconciler", "ReconcilerSettings"]
+__all__ = ["MEMORY_KEYS", "Event", "Outcome", "Reconciler", "ReconcilerSettings", "carry_memory"]
 
 log = logging.getLogger(__name__)
 
 CONDITIONS = ("Ready", "MetricsAvailable", "ModelLoaded", "ForecastCalibrated", "ScalingActive")
+# What a reconcile that ends early (or fails) must not erase from status: the decision module's memory.
+MEMORY_KEYS = ("state", "calibration", "lastScaleTime", "health")
+
+
+def carry_memory(status: dict[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
+    """`status` with every memory key it does not set taken from the previous status."""
+    for key in MEMORY_KEYS:
+        if status.get(key) is None and old.get(key) is not None:
+            status[key] = old[key]
+    return status
+
+
 STATUS_QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -80,6 +104,17 @@ class ReconcilerSettings:
     stale_min_s: float = 120.0
     max_missing_fraction: float = MAX_MISSING_FRACTION
     retry_base_s: float = 5.0
+    # A forecast that takes longer is abandoned for the fallback rule (ModelLoaded=False/ForecastFailed).
+    inference_timeout_s: float = 30.0
+    # How long a namespace's list of autoscalers (HPAs, ScaledObjects, HarmonyAutoscalers) is reused when
+    # looking for another autoscaler on the same target: bounds the API load to 3 lists per namespace.
+    conflict_cache_s: float = 10.0
+    # Prometheus servers a resource may name in spec.prometheus.url besides the operator's own (URL
+    # prefixes; none by default). They are queried without the operator's credentials.
+    prometheus_url_prefixes: tuple[str, ...] = ()
+    # When set, every series selector of a resource's queries must carry this label equal to the resource's
+    # namespace (harmony_operator.queryguard); None: no guard.
+    query_namespace_label: str | None = None
 
 
 @dataclass
@@ -177,6 +212,9 @@ class Reconciler:
         self.clock = clock
         self.api = (group, version, plural)
         self._memory: dict[tuple[str, str], _Memory] = {}
+        self._autoscalers: dict[str, tuple[float, list[tuple[str, dict[str, Any]]]]] = {}
+        self._servers: dict[str, PrometheusClient] = {}
+        self._listing: dict[str, asyncio.Lock] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self._memory.pop((namespace, name), None)
@@ -190,10 +228,18 @@ class Reconciler:
         spec_raw: Mapping[str, Any],
         status_raw: Mapping[str, Any] | None,
         generation: int | None = None,
+        *,
+        paused: bool = False,
     ) -> Outcome:
+        """One reconcile; `paused` (the resource's pause annotation) decides and reports but never scales."""
         started = time.perf_counter()
         try:
-            return await self._reconcile(namespace, name, spec_raw, dict(status_raw or {}), generation)
+            outcome = await self._reconcile(
+                namespace, name, spec_raw, dict(status_raw or {}), generation, paused
+            )
+            # A reconcile that ran through ends an InternalError episode: the next one is announced again.
+            self._memory[(namespace, name)].last_warning.pop("InternalError", None)
+            return outcome
         finally:
             self.metrics.loop_seconds.observe(time.perf_counter() - started)
 
@@ -204,6 +250,7 @@ class Reconciler:
         spec_raw: Mapping[str, Any],
         old: dict[str, Any],
         generation: int | None,
+        paused: bool = False,
     ) -> Outcome:
         now = self.clock()
         mem = self._memory.setdefault((namespace, name), _Memory())
@@ -214,15 +261,18 @@ class Reconciler:
             status["observedGeneration"] = generation
         labels = (namespace, name)
 
-        def warn_once(reason: str, message: str) -> None:
-            # Persistent faults (a bad spec, a missing target) are announced when they start or change,
-            # not every interval; fallbacks and scales are announced every time.
-            if mem.last_warning.get(reason) != message:
+        def warn_once(reason: str, message: str, key: str | None = None) -> None:
+            # Persistent faults (a bad spec, a missing target, a fallback for the same cause) are announced
+            # when they start or change (`key`, else the message), not every interval; scales every time.
+            if mem.last_warning.get(reason) != (key or message):
                 events.append(Event("Warning", reason, message))
-                mem.last_warning[reason] = message
+                mem.last_warning[reason] = key or message
 
         def finish(next_in: float) -> Outcome:
             status["conditions"] = conds.render()
+            if status.get("state") is None and mem.decider is not None:
+                status["state"] = mem.decider.state_dict()
+            carry_memory(status, old)
             return Outcome(status, events, next_in)
 
         # 1. the spec --------------------------------------------------------------------------------------
@@ -240,12 +290,25 @@ class Reconciler:
         status["currentReplicas"] = old.get("currentReplicas")
 
         # 2. the target's /scale ---------------------------------------------------------------------------
+        plural = spec.target_plural
         try:
+            if plural is None:
+                found = await retrying(
+                    lambda: self.kube.scale_target(spec.target_api_version, spec.target_kind)
+                )
+                plural = found.plural
+            target_plural = plural
             scale = await retrying(
-                lambda: self.kube.get_scale(namespace, spec.target_plural, spec.target_name)
+                lambda: self.kube.get_scale(
+                    namespace, target_plural, spec.target_name, api_version=spec.target_api_version
+                )
             )
-        except NotFound:
-            msg = f"{spec.target_kind} {namespace}/{spec.target_name} not found"
+        except NotFound as exc:
+            msg = (
+                f"{spec.target_kind} {namespace}/{spec.target_name} not found"
+                if plural is not None
+                else f"{spec.target_kind} {spec.target_name}: {exc}"
+            )
             conds.set("Ready", False, "TargetNotFound", msg)
             conds.set("ScalingActive", False, "TargetNotFound", msg)
             warn_once("TargetNotFound", msg)
@@ -264,6 +327,9 @@ class Reconciler:
         current = scale.spec_replicas
         status["currentReplicas"] = current
         self.metrics.current.labels(*labels).set(current)
+
+        # Shadow mode runs beside the autoscaler in charge by design: only a resource that scales checks.
+        conflicts = await self._conflicts(namespace, name, spec) if spec.apply and not paused else []
 
         # 3. the model -------------------------------------------------------------------------------------
         model: LoadedModel | None = None
@@ -298,6 +364,21 @@ class Reconciler:
         lead_steps = (model.forecaster.spec.lead_time + window[0]) if model is not None and window else 0
         dconfig = spec.decision_config(lead_steps=lead_steps)
         decider = self._decider(mem, dconfig, old.get("state"))
+        future = [t for t, _ in decider.stabilizer.state_dict() + decider.stabilizer.rate_state() if t > now]
+        if future:
+            # Written by a leader whose clock ran ahead: those entries would stall the stabiliser ("time went
+            # backwards"); drop them, keep the rest (the calibration posterior has no timestamps).
+            decider.stabilizer.load_state_dict(
+                [(t, r) for t, r in decider.stabilizer.state_dict() if t <= now]
+            )
+            decider.stabilizer.load_rate_state(
+                [(t, c) for t, c in decider.stabilizer.rate_state() if t <= now]
+            )
+            warn_once(
+                "ClockSkew",
+                f"saved stabilisation state ran up to {max(future) - now:.0f}s ahead of this operator's "
+                f"clock; dropped {len(future)} entr{'y' if len(future) == 1 else 'ies'}",
+            )
 
         # 5. the indicators' history -----------------------------------------------------------------------
         history: History | None = None
@@ -311,7 +392,13 @@ class Reconciler:
             steps = max(2, int(self.settings.fallback_window_s / step))
         end = math.floor(now / step) * step
         try:
-            history = await self.prometheus.history(
+            label = self.settings.query_namespace_label
+            for indicator in spec.indicators if label else ():
+                try:
+                    check_query(indicator.query, str(label), namespace)
+                except QueryNotAllowed as exc:
+                    raise MetricsError("QueryNotAllowed", str(exc), indicator.name) from None
+            history = await self._prometheus_for(spec).history(
                 queries,
                 end,
                 step,
@@ -335,7 +422,8 @@ class Reconciler:
 
         # In shadow mode the replicas in place are someone else's: calibration, stabilisation and step limits
         # follow the replicas harmony would have set.
-        acting = current if spec.apply or mem.last_desired is None else mem.last_desired
+        apply = spec.apply and not paused and not conflicts
+        acting = current if apply or mem.last_desired is None else mem.last_desired
 
         # 6. calibration feedback and forecast error from what has been realised since the last decision ---
         latest: dict[str, float] | None = None
@@ -354,15 +442,26 @@ class Reconciler:
             cols = [names.index(n) for n in fspec.indicators]
             seed = zlib.crc32(f"{namespace}/{name}/{int(history.times[-1])}".encode())
             try:
-                full = await self.sampler.sample(
-                    model.forecaster, history.values[-fspec.lookback :, cols], float(history.times[-1]), seed
+                full = await asyncio.wait_for(
+                    self.sampler.sample(
+                        model.forecaster,
+                        history.values[-fspec.lookback :, cols],
+                        float(history.times[-1]),
+                        seed,
+                    ),
+                    timeout=self.settings.inference_timeout_s,
                 )
                 draws = full[:, window, :]
                 self.metrics.batch_size.set(self.sampler.last_batch_size)
             except Exception as exc:
                 log.exception("sampling %s/%s failed", namespace, name)
-                model_problem = f"forecast failed ({type(exc).__name__}: {exc})"
-                conds.set("ModelLoaded", False, "ForecastFailed", str(exc))
+                why = (
+                    f"no forecast within {self.settings.inference_timeout_s:g}s"
+                    if isinstance(exc, TimeoutError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+                model_problem = f"forecast failed ({why})"
+                conds.set("ModelLoaded", False, "ForecastFailed", why)
         if draws is not None and model is not None:
             decision = decider.decide(
                 draws, list(model.forecaster.spec.targets), acting, now, current_demand=latest
@@ -372,6 +471,28 @@ class Reconciler:
             why = metrics_problem or model_problem or "no forecast"
             decision = decider.decide(None, [], acting, now, current_demand=latest, fallback_reason=why)
         desired = self._safe(decision.replicas, spec)
+        # Health of the metrics (KEDA's per-trigger health): consecutive reconciles without usable metrics,
+        # kept in status so a restart or a new leader continues the count.
+        saved_health = old.get("health")
+        old_health: Mapping[str, Any] = saved_health if isinstance(saved_health, Mapping) else {}
+        failures = int(old_health.get("consecutiveFailures", 0) or 0) + 1 if metrics_problem else 0
+        status["health"] = {
+            "status": "Failing" if metrics_problem else "Happy",
+            "consecutiveFailures": failures,
+        }
+        if metrics_problem:
+            status["health"]["lastFailure"] = metrics_problem
+        fixed = spec.fallback_replicas
+        if fixed is not None and failures >= spec.fallback_failure_threshold:
+            why = (
+                f"fallback replicas: metrics unusable for {failures} reconciles in a row "
+                f"(threshold {spec.fallback_failure_threshold}): {metrics_problem}"
+            )
+            desired = self._safe(fixed, spec)
+            decision = dataclasses.replace(decision, replicas=desired, reason=why, fallback=True)
+            warn_once("FallbackReplicas", why, key=str(fixed))
+        else:
+            mem.last_warning.pop("FallbackReplicas", None)
         mem.last_desired = desired
 
         # 8. act -------------------------------------------------------------------------------------------
@@ -382,18 +503,28 @@ class Reconciler:
         if decision.fallback:
             reason_label = "metrics" if metrics_problem else ("model" if model_problem else "miscalibrated")
             self.metrics.fallbacks.labels(*labels, reason_label).inc()
-            events.append(Event("Warning", "Fallback", decision.reason))
+            warn_once("Fallback", decision.reason, key=reason_label)
+        else:
+            mem.last_warning.pop("Fallback", None)
         transient = False
-        if spec.apply:
+        scale_problem: str | None = None
+        if apply:
             if desired != current:
                 try:
                     await retrying(
                         lambda: self.kube.patch_scale(
-                            namespace, spec.target_plural, spec.target_name, desired
+                            namespace,
+                            target_plural,
+                            spec.target_name,
+                            desired,
+                            api_version=spec.target_api_version,
                         )
                     )
+                except NotLeader:
+                    raise
                 except ApiError as exc:
                     msg = f"scaling {spec.target_kind} {spec.target_name} to {desired} failed: {exc}"
+                    scale_problem = msg
                     conds.set("ScalingActive", False, "ScaleFailed", msg)
                     events.append(Event("Warning", "ScaleFailed", msg))
                     self.metrics.scale_patches.labels(*labels, "error").inc()
@@ -410,6 +541,20 @@ class Reconciler:
                 conds.set(
                     "ScalingActive", True, "Holding", f"{current} replicas are what the decision asks for"
                 )
+        elif conflicts:
+            msg = (
+                f"{', '.join(conflicts)} also scale{'s' if len(conflicts) == 1 else ''} {spec.target_kind} "
+                f"{spec.target_name}: not scaling ({desired} replicas recommended) until one autoscaler does"
+            )
+            conds.set("ScalingActive", False, "ConflictingAutoscaler", msg)
+            warn_once("ConflictingAutoscaler", msg, key=", ".join(conflicts))
+        elif paused:
+            conds.set(
+                "ScalingActive",
+                False,
+                "Paused",
+                f"annotation {self.api[0]}/paused: {desired} replicas recommended, the target is not scaled",
+            )
         else:
             conds.set(
                 "ScalingActive",
@@ -446,14 +591,161 @@ class Reconciler:
         self._calibration_condition(conds, decider)
         self.metrics.desired.labels(*labels).set(desired)
 
-        ready_problem = metrics_problem
-        if ready_problem is None:
-            conds.set("Ready", True, "Deciding", decision.reason)
+        if not conflicts:
+            mem.last_warning.pop("ConflictingAutoscaler", None)
+        if conflicts:
+            conds.set("Ready", False, "ConflictingAutoscaler", f"also scaled by {', '.join(conflicts)}")
+        elif metrics_problem is not None:
+            conds.set("Ready", False, "MetricsUnavailable", f"holding replicas: {metrics_problem}")
+        elif scale_problem is not None:
+            conds.set("Ready", False, "ScaleFailed", scale_problem)
         else:
-            conds.set("Ready", False, "MetricsUnavailable", f"holding replicas: {ready_problem}")
+            conds.set("Ready", True, "Deciding", decision.reason)
         status["conditions"] = conds.render()
         next_in = self._retry_in(mem, spec.interval_s, transient=transient or metrics_problem is not None)
         return Outcome(status, events, next_in, decision)
+
+    def failure(
+        self,
+        namespace: str,
+        name: str,
+        spec_raw: Mapping[str, Any],
+        status_raw: Mapping[str, Any] | None,
+        generation: int | None,
+        exc: BaseException,
+    ) -> Outcome:
+        """The outcome of a reconcile that raised: Ready=False/InternalError, a Warning event when the
+        error changes, the decision memory kept, and the next try sooner (back-off capped at the interval)."""
+        now = self.clock()
+        old = dict(status_raw or {})
+        mem = self._memory.setdefault((namespace, name), _Memory())
+        conds = _Conditions(old.get("conditions"), now, generation)
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        conds.set("Ready", False, "InternalError", message)
+        conds.set(
+            "ScalingActive", None, "InternalError", "no decision this interval; replicas left as they are"
+        )
+        status: dict[str, Any] = {"lastDecisionTime": _iso(now), "conditions": conds.render()}
+        for key in ("currentReplicas", "desiredReplicas"):
+            if old.get(key) is not None:
+                status[key] = old[key]
+        if generation is not None:
+            status["observedGeneration"] = generation
+        if mem.decider is not None:
+            status["state"] = mem.decider.state_dict()
+        carry_memory(status, old)
+        events: list[Event] = []
+        if mem.last_warning.get("InternalError") != message:
+            events.append(Event("Warning", "InternalError", message))
+            mem.last_warning["InternalError"] = message
+        self.metrics.errors.labels(namespace, name, "InternalError").inc()
+        try:
+            interval = parse_spec(spec_raw).interval_s
+        except (SpecError, TypeError, ValueError):
+            interval = 60.0
+        return Outcome(status, events, self._retry_in(mem, interval, transient=True))
+
+    def _prometheus_for(self, spec: AutoscalerSpec) -> PrometheusClient:
+        """The operator's Prometheus, or the resource's own server when an allowed prefix covers it."""
+        url = (spec.prometheus_url or "").rstrip("/")
+        if not url or url == self.prometheus.base_url:
+            return self.prometheus
+        if not url.startswith(self.settings.prometheus_url_prefixes):
+            raise MetricsError(
+                "PrometheusNotAllowed",
+                f"spec.prometheus.url {url} is not under an allowed prefix "
+                f"{list(self.settings.prometheus_url_prefixes)} (the operator's --prometheus-url-prefix)",
+            )
+        client = self._servers.get(url)
+        if client is None:
+            # No credentials: the operator's own are for its own Prometheus, never for a tenant's server.
+            timeout = self.prometheus.timeout.total or 10.0
+            client = self._servers[url] = PrometheusClient(url, self.prometheus.session, timeout_s=timeout)
+        return client
+
+    # another autoscaler on the same target ---------------------------------------------------------------
+    _AUTOSCALER_KINDS = (
+        ("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+        ("keda.sh/v1alpha1", "scaledobjects", "ScaledObject"),
+    )
+
+    async def _listed(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, object) of every autoscaler in `namespace`, reused for `conflict_cache_s`; concurrent
+        reconciles in one namespace share one listing (no thundering herd when all daemons align)."""
+        cached = self._autoscalers.get(namespace)
+        if cached is not None and time.monotonic() - cached[0] < self.settings.conflict_cache_s:
+            return cached[1]
+        lock = self._listing.setdefault(namespace, asyncio.Lock())
+        async with lock:
+            cached = self._autoscalers.get(namespace)
+            if cached is not None and time.monotonic() - cached[0] < self.settings.conflict_cache_s:
+                return cached[1]
+            found = await self._list_autoscalers(namespace)
+            self._autoscalers[namespace] = (time.monotonic(), found)
+            return found
+
+    async def _list_autoscalers(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
+        group, version, plural = self.api
+        found: list[tuple[str, dict[str, Any]]] = []
+        for api_version, kind_plural, kind in (
+            *self._AUTOSCALER_KINDS,
+            (f"{group}/{version}", plural, "HarmonyAutoscaler"),
+        ):
+            try:
+                items = await self.kube.list_objects(api_version, kind_plural, namespace)
+            except NotFound:
+                items = []  # that kind is not installed (e.g. no KEDA)
+            found += [(kind, item) for item in items]
+        return found
+
+    async def _conflicts(self, namespace: str, name: str, spec: AutoscalerSpec) -> list[str]:
+        """Other autoscalers of this resource's target: HPAs, ScaledObjects, and HarmonyAutoscalers in mode
+        Apply, not paused, created before this one (of two on one target, the older keeps scaling). A failed
+        check is no conflict."""
+        try:
+            listed = await self._listed(namespace)
+        except ApiError as exc:
+            log.warning("%s/%s: could not look for other autoscalers: %s", namespace, name, exc)
+            return []
+
+        def same_target(ref: Any) -> bool:
+            if not isinstance(ref, Mapping):
+                return False
+            group = str(ref.get("apiVersion") or "apps/v1").split("/")[0]
+            return (
+                ref.get("name") == spec.target_name
+                and (ref.get("kind") or "Deployment") == spec.target_kind
+                and group == spec.target_api_version.split("/")[0]
+            )
+
+        def age(obj: Mapping[str, Any]) -> tuple[str, str]:
+            meta = obj.get("metadata") or {}
+            return (str(meta.get("creationTimestamp") or ""), str(meta.get("name") or ""))
+
+        own = next(
+            (
+                o
+                for k, o in listed
+                if k == "HarmonyAutoscaler" and (o.get("metadata") or {}).get("name") == name
+            ),
+            {"metadata": {"name": name, "creationTimestamp": "9999"}},
+        )
+        group = self.api[0]
+        out = []
+        for kind, obj in listed:
+            other = str((obj.get("metadata") or {}).get("name") or "")
+            if not same_target((obj.get("spec") or {}).get("scaleTargetRef")):
+                continue
+            if kind == "HarmonyAutoscaler" and (
+                other == name
+                or age(obj) > age(own)
+                or (obj.get("spec") or {}).get("mode", "Apply") != "Apply"  # shadow mode never scales
+                or str(((obj.get("metadata") or {}).get("annotations") or {}).get(f"{group}/paused")).lower()
+                == "true"
+            ):
+                continue
+            out.append(f"{kind} {other}")
+        return sorted(out)
 
     # helpers ------------------------------------------------------------------------------------------
     def _retry_in(self, mem: _Memory, interval_s: float, *, transient: bool) -> float:

@@ -15,12 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from harmony.decision import DecisionConfig
+from harmony.decision.rates import MAX_PERIOD_S, RateLimit, RateRule
 
 __all__ = ["AutoscalerSpec", "Indicator", "SpecError", "parse_duration", "parse_spec"]
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
+_KIND = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+_API_VERSION = re.compile(
+    r"^(?:[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?v[0-9]+(?:(?:alpha|beta)[0-9]+)?$"
+)
+# Kinds whose resource name is known without asking the API server; any other kind with a /scale
+# subresource (Argo Rollouts, LeaderWorkerSet, a custom resource) is found through API discovery.
+KNOWN_PLURALS = {("apps/v1", "Deployment"): "deployments", ("apps/v1", "StatefulSet"): "statefulsets"}
 
 
 class SpecError(ValueError):
@@ -81,6 +89,14 @@ class AutoscalerSpec:
     max_scale_down_step: int | None
     fallback_target_utilization: float
     fallback_margin: float
+    # KEDA's fallback: fixed replicas once the metrics failed this many reconciles in a row (None = hold).
+    fallback_replicas: int | None = None
+    fallback_failure_threshold: int = 3
+    prometheus_url: str | None = None  # this resource's own Prometheus (must be allowed by the operator)
+    # The HPA's behavior.scaleUp / scaleDown beyond the step caps: the up window and the rate rules.
+    scale_up_stabilization_s: float = 0.0
+    scale_up_rate: RateLimit | None = None
+    scale_down_rate: RateLimit | None = None
 
     @property
     def capacities(self) -> dict[str, float]:
@@ -91,8 +107,9 @@ class AutoscalerSpec:
         return self.mode == "Apply"
 
     @property
-    def target_plural(self) -> str:
-        return "deployments" if self.target_kind == "Deployment" else "statefulsets"
+    def target_plural(self) -> str | None:
+        """The target's resource name when known without discovery (Deployment, StatefulSet), else None."""
+        return KNOWN_PLURALS.get((self.target_api_version, self.target_kind))
 
     def decision_config(self, lead_steps: int = 0) -> DecisionConfig:
         """The `harmony.decision` settings this spec asks for (the same code the backtest runs)."""
@@ -107,6 +124,9 @@ class AutoscalerSpec:
             scale_down_stabilization_s=self.scale_down_stabilization_s,
             max_scale_up_step=self.max_scale_up_step,
             max_scale_down_step=self.max_scale_down_step,
+            scale_up_stabilization_s=self.scale_up_stabilization_s,
+            scale_up_rate=self.scale_up_rate,
+            scale_down_rate=self.scale_down_rate,
             fallback_target_utilization=self.fallback_target_utilization,
             fallback_margin=self.fallback_margin,
             lead_steps=lead_steps,
@@ -150,6 +170,44 @@ def _number(
     return float(value)  # type: ignore[arg-type]
 
 
+def _scaling_rules(behavior: Mapping[str, Any], key: str) -> tuple[float | None, RateLimit | None]:
+    """`behavior.scaleUp` / `scaleDown` as the HPA has them (HPAScalingRules): the stabilisation window in
+    seconds (None when unset) and the rate rules (None without `policies`, unless selectPolicy Disabled)."""
+    rules = _section(behavior, key)
+    where = f"behavior.{key}"
+    window_raw = rules.get("stabilizationWindowSeconds")
+    window = (
+        None
+        if window_raw is None
+        else float(_int(window_raw, f"{where}.stabilizationWindowSeconds", minimum=0) or 0)
+    )
+    if window is not None and window > 3600:
+        raise SpecError(f"{where}.stabilizationWindowSeconds", f"expected at most 3600, got {window_raw!r}")
+    select = rules.get("selectPolicy", "Max")
+    if select not in ("Max", "Min", "Disabled"):
+        raise SpecError(f"{where}.selectPolicy", f"expected 'Max', 'Min' or 'Disabled', got {select!r}")
+    raw = rules.get("policies")
+    if raw is None:
+        return window, (RateLimit((), "Disabled") if select == "Disabled" else None)
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(f"{where}.policies", "expected a non-empty list of {type, value, periodSeconds}")
+    parsed: list[RateRule] = []
+    for k, item in enumerate(raw):
+        at = f"{where}.policies[{k}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(at, f"expected an object, got {type(item).__name__}")
+        kind = item.get("type")
+        if kind not in ("Pods", "Percent"):
+            raise SpecError(f"{at}.type", f"expected 'Pods' or 'Percent', got {kind!r}")
+        value = _int(item.get("value"), f"{at}.value", minimum=1)
+        period = _int(item.get("periodSeconds"), f"{at}.periodSeconds", minimum=1)
+        assert value is not None and period is not None
+        if period > MAX_PERIOD_S:
+            raise SpecError(f"{at}.periodSeconds", f"expected at most {MAX_PERIOD_S:g}, got {period}")
+        parsed.append(RateRule(kind, float(value), float(period)))
+    return window, RateLimit(tuple(parsed), select)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
     """Validate a resource's `.spec` (defaults as in the CRD) into an `AutoscalerSpec`."""
     if not isinstance(spec, Mapping):
@@ -157,14 +215,18 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
     ref = spec.get("scaleTargetRef")
     if not isinstance(ref, Mapping):
         raise SpecError(
-            "scaleTargetRef", "required: an object with the name of the Deployment or StatefulSet"
+            "scaleTargetRef", "required: an object with the name of a workload with a scale subresource"
         )
     api_version = ref.get("apiVersion", "apps/v1")
-    if api_version != "apps/v1":
-        raise SpecError("scaleTargetRef.apiVersion", f"expected 'apps/v1', got {api_version!r}")
+    if not isinstance(api_version, str) or not _API_VERSION.match(api_version):
+        raise SpecError(
+            "scaleTargetRef.apiVersion", f"expected an API version like 'apps/v1', got {api_version!r}"
+        )
     kind = ref.get("kind", "Deployment")
-    if kind not in ("Deployment", "StatefulSet"):
-        raise SpecError("scaleTargetRef.kind", f"expected 'Deployment' or 'StatefulSet', got {kind!r}")
+    if not isinstance(kind, str) or not _KIND.match(kind):
+        raise SpecError(
+            "scaleTargetRef.kind", f"expected a kind like 'Deployment' or 'Rollout', got {kind!r}"
+        )
     name = ref.get("name")
     if not isinstance(name, str) or not name:
         raise SpecError("scaleTargetRef.name", f"expected the target's name, got {name!r}")
@@ -244,11 +306,36 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
     )
     up = _int(behavior.get("maxScaleUpStep"), "behavior.maxScaleUpStep", minimum=1, optional=True)
     down = _int(behavior.get("maxScaleDownStep"), "behavior.maxScaleDownStep", minimum=1, optional=True)
+    up_window, up_rate = _scaling_rules(behavior, "scaleUp")
+    down_window, down_rate = _scaling_rules(behavior, "scaleDown")
+    if down_window is not None:
+        if "scaleDownStabilization" in behavior:
+            raise SpecError(
+                "behavior.scaleDown.stabilizationWindowSeconds",
+                "set either this or behavior.scaleDownStabilization, not both",
+            )
+        stabilization = down_window
     fallback = _section(spec, "fallback")
     target_util = _number(
         fallback.get("targetUtilization", 0.7), "fallback.targetUtilization", low=0.0, high=1.0, open_low=True
     )
     margin = _number(fallback.get("safetyMargin", 0.1), "fallback.safetyMargin", low=0.0)
+    fallback_replicas = _int(fallback.get("replicas"), "fallback.replicas", minimum=1, optional=True)
+    threshold = _int(fallback.get("failureThreshold", 3), "fallback.failureThreshold", minimum=1)
+    assert threshold is not None
+    if fallback_replicas is not None and not min_replicas <= fallback_replicas <= max_replicas:
+        raise SpecError(
+            "fallback.replicas",
+            f"expected a count in [minReplicas, maxReplicas] = [{min_replicas}, {max_replicas}], "
+            f"got {fallback_replicas}",
+        )
+
+    prometheus = _section(spec, "prometheus")
+    prometheus_url = prometheus.get("url")
+    if prometheus_url is not None and (
+        not isinstance(prometheus_url, str) or not re.match(r"^https?://[^\s/]+", prometheus_url)
+    ):
+        raise SpecError("prometheus.url", f"expected an http(s) URL of a Prometheus, got {prometheus_url!r}")
 
     return AutoscalerSpec(
         target_api_version=api_version,
@@ -269,4 +356,10 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
         max_scale_down_step=down,
         fallback_target_utilization=target_util,
         fallback_margin=margin,
+        fallback_replicas=fallback_replicas,
+        fallback_failure_threshold=threshold,
+        prometheus_url=prometheus_url,
+        scale_up_stabilization_s=up_window or 0.0,
+        scale_up_rate=up_rate,
+        scale_down_rate=down_rate,
     )

@@ -80,9 +80,24 @@ def some_demand_indicator(spec: dict[str, Any]) -> bool:
     return any("capacityPerReplica" in indicator for indicator in spec["indicators"])
 
 
-CEL_RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
+def fallback_replicas_within_bounds(spec: dict[str, Any]) -> bool:
+    replicas = (spec.get("fallback") or {}).get("replicas")
+    return replicas is None or spec["minReplicas"] <= replicas <= spec["maxReplicas"]
+
+
+def interval_at_least_1s(interval: str) -> bool:
+    # The same Go-duration grammar as the CRD's pattern; the operator's own parser reads it.
+    from harmony_operator.spec import parse_duration
+
+    return parse_duration(interval, "interval") >= 1.0
+
+
+CEL_RULES: dict[str, Callable[[Any], bool]] = {
     "self.minReplicas <= self.maxReplicas": min_not_above_max,
     "self.indicators.exists(i, has(i.capacityPerReplica))": some_demand_indicator,
+    "duration(self) >= duration('1s')": interval_at_least_1s,
+    "!has(self.fallback) || !has(self.fallback.replicas) || (self.fallback.replicas >= self.minReplicas && "
+    "self.fallback.replicas <= self.maxReplicas)": fallback_replicas_within_bounds,
 }
 
 
@@ -166,7 +181,9 @@ def test_every_cel_rule_has_a_python_equivalent() -> None:
 
 def test_conversion_turns_boolean_exclusive_bounds_numeric() -> None:
     converted = to_json_schema(served_schema())
-    probability = converted["properties"]["spec"]["properties"]["slo"]["properties"]["maxViolationProbability"]
+    probability = converted["properties"]["spec"]["properties"]["slo"]["properties"][
+        "maxViolationProbability"
+    ]
     assert (probability["exclusiveMinimum"], probability["exclusiveMaximum"]) == (0, 1)
     assert "minimum" not in probability and "maximum" not in probability
     jsonschema.Draft202012Validator.check_schema(converted)
@@ -186,7 +203,7 @@ def test_schema_defaults_are_valid() -> None:
             count += check(node["items"])
         return count
 
-    assert check(served_schema()) == 17  # every default in the CRD was checked
+    assert check(served_schema()) == 20  # every default in the CRD was checked
 
 
 def test_example_is_a_gpu_inference_autoscaler() -> None:
@@ -217,12 +234,19 @@ def test_defaults_fill_the_optional_fields() -> None:
     assert admission_errors(resource) == []
     defaulted = apply_defaults(served_schema(), resource)["spec"]
     assert (defaulted["minReplicas"], defaulted["mode"], defaulted["interval"], defaulted["leadTime"]) == (
-        1, "Apply", "60s", "0s"
+        1,
+        "Apply",
+        "60s",
+        "0s",
     )
     assert defaulted["slo"] == {"maxViolationProbability": 0.01}
     assert defaulted["cost"] == {"replicaHourPrice": 1, "violationPenalty": 0}
-    assert defaulted["fallback"] == {"targetUtilization": 0.7, "safetyMargin": 0.1}
-    assert defaulted["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llm-server"}
+    assert defaulted["fallback"] == {"targetUtilization": 0.7, "safetyMargin": 0.1, "failureThreshold": 3}
+    assert defaulted["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "llm-server",
+    }
 
 
 def _indicators_without_query() -> list[dict[str, Any]]:
@@ -234,29 +258,85 @@ def _indicators_without_query() -> list[dict[str, Any]]:
     [
         pytest.param(with_spec(mode="Auto"), [("$.spec.mode", "enum")], id="mode-Auto"),
         pytest.param(with_spec(minReplicas=0), [("$.spec.minReplicas", "minimum")], id="minReplicas-0"),
-        pytest.param(with_spec(slo={"maxViolationProbability": 1.5}),
-                     [("$.spec.slo.maxViolationProbability", "exclusiveMaximum")], id="probability-1.5"),
-        pytest.param(with_spec(slo={"maxViolationProbability": 0}),
-                     [("$.spec.slo.maxViolationProbability", "exclusiveMinimum")], id="probability-0"),
+        pytest.param(
+            with_spec(slo={"maxViolationProbability": 1.5}),
+            [("$.spec.slo.maxViolationProbability", "exclusiveMaximum")],
+            id="probability-1.5",
+        ),
+        pytest.param(
+            with_spec(slo={"maxViolationProbability": 0}),
+            [("$.spec.slo.maxViolationProbability", "exclusiveMinimum")],
+            id="probability-0",
+        ),
         pytest.param(with_spec(indicators=None), [("$.spec", "required")], id="missing-indicators"),
         pytest.param(with_spec(indicators=[]), [("$.spec.indicators", "minItems")], id="no-indicators"),
-        pytest.param(with_spec(indicators=_indicators_without_query()), [("$.spec.indicators.0", "required")],
-                     id="indicator-missing-query"),
-        pytest.param(with_spec(interval="1 minute"), [("$.spec.interval", "pattern")], id="interval-1-minute"),
-        pytest.param(with_spec(scaleTargetRef={"kind": "DaemonSet", "name": "x"}),
-                     [("$.spec.scaleTargetRef.kind", "enum")], id="target-DaemonSet"),
-        pytest.param(with_spec(maxReplica=3), [("$.spec", "additionalProperties")], id="misspelt-field"),
-        pytest.param(with_spec(minReplicas=20),
-                     [("$.spec", "cel: minReplicas must not exceed maxReplicas")], id="cel-min-above-max"),
         pytest.param(
-            with_spec(indicators=[{"name": "gpu_utilization", "query": "avg(DCGM_FI_DEV_GPU_UTIL)", "level": 2}]),
+            with_spec(indicators=_indicators_without_query()),
+            [("$.spec.indicators.0", "required")],
+            id="indicator-missing-query",
+        ),
+        pytest.param(
+            with_spec(interval="1 minute"), [("$.spec.interval", "pattern")], id="interval-1-minute"
+        ),
+        pytest.param(
+            with_spec(behavior={"scaleUp": {"selectPolicy": "Most"}}),
+            [("$.spec.behavior.scaleUp.selectPolicy", "enum")],
+            id="behavior-selectPolicy",
+        ),
+        pytest.param(
+            with_spec(
+                behavior={"scaleDown": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 3600}]}}
+            ),
+            [("$.spec.behavior.scaleDown.policies.0.periodSeconds", "maximum")],
+            id="behavior-period-too-long",
+        ),
+        pytest.param(
+            with_spec(fallback={"replicas": 99}),
+            [("$.spec", "cel: fallback.replicas must lie within minReplicas..maxReplicas")],
+            id="fallback-replicas-above-max",
+        ),
+        pytest.param(
+            with_spec(interval="0s"),
+            [("$.spec.interval", "cel: interval must be at least 1s")],
+            id="interval-0s",
+        ),
+        pytest.param(
+            with_spec(interval="500ms"),
+            [("$.spec.interval", "cel: interval must be at least 1s")],
+            id="interval-500ms",
+        ),
+        pytest.param(
+            with_spec(scaleTargetRef={"kind": "daemon set", "name": "x"}),
+            [("$.spec.scaleTargetRef.kind", "pattern")],
+            id="target-kind-not-a-kind",
+        ),
+        pytest.param(
+            with_spec(scaleTargetRef={"apiVersion": "apps", "kind": "Deployment", "name": "x"}),
+            [("$.spec.scaleTargetRef.apiVersion", "pattern")],
+            id="target-apiVersion-without-version",
+        ),
+        pytest.param(with_spec(maxReplica=3), [("$.spec", "additionalProperties")], id="misspelt-field"),
+        pytest.param(
+            with_spec(minReplicas=20),
+            [("$.spec", "cel: minReplicas must not exceed maxReplicas")],
+            id="cel-min-above-max",
+        ),
+        pytest.param(
+            with_spec(
+                indicators=[{"name": "gpu_utilization", "query": "avg(DCGM_FI_DEV_GPU_UTIL)", "level": 2}]
+            ),
             [("$.spec", "cel: at least one indicator needs capacityPerReplica (a demand indicator)")],
             id="cel-no-demand-indicator",
         ),
         pytest.param(
-            with_spec(indicators=[{"name": "rps", "query": "a", "capacityPerReplica": 1},
-                                  {"name": "rps", "query": "b"}]),
-            [("$.spec.indicators", "list-map-keys: duplicate entries")], id="duplicate-indicator-names",
+            with_spec(
+                indicators=[
+                    {"name": "rps", "query": "a", "capacityPerReplica": 1},
+                    {"name": "rps", "query": "b"},
+                ]
+            ),
+            [("$.spec.indicators", "list-map-keys: duplicate entries")],
+            id="duplicate-indicator-names",
         ),
     ],
 )

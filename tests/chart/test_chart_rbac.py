@@ -12,15 +12,25 @@ BINDING_KINDS = ("ClusterRoleBinding", "RoleBinding")
 Rule = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]
 
 
-def rule(api_groups: list[str], resources: list[str], verbs: list[str], names: list[str] | None = None) -> Rule:
+def rule(
+    api_groups: list[str], resources: list[str], verbs: list[str], names: list[str] | None = None
+) -> Rule:
     # Order inside a rule's lists means nothing to the API server; duplicates would still show up in len().
-    return tuple(sorted(api_groups)), tuple(sorted(resources)), tuple(sorted(names or [])), tuple(sorted(verbs))
+    return (
+        tuple(sorted(api_groups)),
+        tuple(sorted(resources)),
+        tuple(sorted(names or [])),
+        tuple(sorted(verbs)),
+    )
 
 
 WATCH_RULES = [
     rule(["harmony.dev"], ["harmonyautoscalers"], ["get", "list", "watch", "patch"]),
     rule(["harmony.dev"], ["harmonyautoscalers/status"], ["get", "patch"]),
     rule(["apps"], ["deployments/scale", "statefulsets/scale"], ["get", "patch"]),
+    # Listed only, to detect another autoscaler on the same target.
+    rule(["autoscaling"], ["horizontalpodautoscalers"], ["list"]),
+    rule(["keda.sh"], ["scaledobjects"], ["list"]),
     rule([""], ["events"], ["create"]),
 ]
 
@@ -51,7 +61,10 @@ def bindings(manifests: list[Manifest]) -> dict[tuple[str, str | None, str], tup
     """(kind, namespace, name) -> (roleRef kind, roleRef name, subjects) of every binding."""
     return {
         (m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"]): (
-            m["roleRef"]["apiGroup"], m["roleRef"]["kind"], m["roleRef"]["name"], m["subjects"]
+            m["roleRef"]["apiGroup"],
+            m["roleRef"]["kind"],
+            m["roleRef"]["name"],
+            m["subjects"],
         )
         for m in manifests
         if m["kind"] in BINDING_KINDS
@@ -76,19 +89,28 @@ def test_rbac_is_exactly_the_operator_permissions(
         for ns in namespaces:
             expected_roles["Role", ns, "harmony-operator"] = sorted(WATCH_RULES)
             expected_bindings["RoleBinding", ns, "harmony-operator"] = (
-                RBAC_GROUP, "Role", "harmony-operator", SUBJECTS
+                RBAC_GROUP,
+                "Role",
+                "harmony-operator",
+                SUBJECTS,
             )
     else:
         expected_roles["ClusterRole", None, "harmony-operator"] = sorted(WATCH_RULES)
         expected_bindings["ClusterRoleBinding", None, "harmony-operator"] = (
-            RBAC_GROUP, "ClusterRole", "harmony-operator", SUBJECTS
+            RBAC_GROUP,
+            "ClusterRole",
+            "harmony-operator",
+            SUBJECTS,
         )
     if leader_election:
         expected_roles["Role", NAMESPACE, "harmony-operator-leader-election"] = sorted(
             lease_rules("harmony-operator")
         )
         expected_bindings["RoleBinding", NAMESPACE, "harmony-operator-leader-election"] = (
-            RBAC_GROUP, "Role", "harmony-operator-leader-election", SUBJECTS
+            RBAC_GROUP,
+            "Role",
+            "harmony-operator-leader-election",
+            SUBJECTS,
         )
     assert roles(manifests) == expected_roles
     assert bindings(manifests) == expected_bindings
@@ -97,7 +119,9 @@ def test_rbac_is_exactly_the_operator_permissions(
     args = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     scope = [a for a in args if a.startswith(("--namespace", "--all-namespaces"))]
     assert scope == ([f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"])
-    election = [a for a in args if a.startswith(("--lease-", "--no-leader-election"))]
+    election = [
+        a for a in args if a.startswith(("--lease-name", "--lease-namespace", "--no-leader-election"))
+    ]
     if leader_election:
         assert election == ["--lease-name=harmony-operator", f"--lease-namespace={NAMESPACE}"]
     else:
@@ -117,8 +141,9 @@ def test_bindings_name_the_chart_service_account(helm: Helm) -> None:
 
 def test_lease_name_and_release_name_follow_through(helm: Helm) -> None:
     # Another release name prefixes every object; an explicit lease name reaches both the Role and the args.
-    manifests = helm.template(values_with(leaderElection={"enabled": True, "leaseName": "harmony-leader"}),
-                              release="prod")
+    manifests = helm.template(
+        values_with(leaderElection={"enabled": True, "leaseName": "harmony-leader"}), release="prod"
+    )
     assert roles(manifests) == {
         ("ClusterRole", None, "prod-harmony-operator"): sorted(WATCH_RULES),
         ("Role", NAMESPACE, "prod-harmony-operator-leader-election"): sorted(lease_rules("harmony-leader")),
@@ -136,3 +161,23 @@ def test_existing_service_account(helm: Helm) -> None:
     assert find(manifests, "ServiceAccount") == []
     for binding in find(manifests, "ClusterRoleBinding") + find(manifests, "RoleBinding"):
         assert binding["subjects"][0]["name"] == "platform-operator"
+
+
+def test_extra_scale_targets_grant_only_their_scale_subresource(helm: Helm) -> None:
+    manifests = helm.template(
+        values_with(
+            rbac={
+                "extraScaleTargets": [
+                    {"apiGroup": "argoproj.io", "resources": ["rollouts"]},
+                    {"apiGroup": "leaderworkerset.x-k8s.io", "resources": ["leaderworkersets"]},
+                ]
+            }
+        )
+    )
+    assert roles(manifests)["ClusterRole", None, "harmony-operator"] == sorted(
+        [
+            *WATCH_RULES,
+            rule(["argoproj.io"], ["rollouts/scale"], ["get", "patch"]),
+            rule(["leaderworkerset.x-k8s.io"], ["leaderworkersets/scale"], ["get", "patch"]),
+        ]
+    )

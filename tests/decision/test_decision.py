@@ -257,6 +257,59 @@ def test_step_limits_through_the_config() -> None:
     assert d.reason.endswith("stabilised to 6 (max step up)")
 
 
+def test_hpa_rate_rules_limit_changes_within_their_periods() -> None:
+    """HPA `behavior` policies, by hand: 'Pods 2 per 60 s' from 1 replica allows 3, then nothing more until
+    the change leaves the period; 'Percent 50 per 60 s' down from 10 allows 5; Disabled forbids a direction;
+    selectPolicy Min takes the rule allowing the smaller change."""
+    from harmony.decision.rates import RateLimit
+
+    up = RateLimit.parse("2pods/60s")
+    st = Stabilizer(min_replicas=1, max_replicas=100, scale_down_stabilization_s=0.0, scale_up_rate=up)
+    assert st.apply(10, 1, 0.0) == (3, "scale-up rate 2pods/60s")
+    assert st.apply(10, 3, 30.0) == (3, "scale-up rate 2pods/60s")  # +2 already made within 60 s
+    assert st.apply(10, 3, 60.0) == (5, "scale-up rate 2pods/60s")  # the first change has left the period
+    assert st.apply(6, 5, 121.0) == (6, None)  # within the limit: untouched
+    # Kept across a restart through the Decider's state.
+    again = Stabilizer(min_replicas=1, max_replicas=100, scale_down_stabilization_s=0.0, scale_up_rate=up)
+    again.load_rate_state(st.rate_state())
+    assert again.apply(20, 6, 130.0) == (7, "scale-up rate 2pods/60s")  # +1 at 121 s is still in the period
+
+    down = RateLimit.parse("50%/60s")
+    st = Stabilizer(min_replicas=1, max_replicas=100, scale_down_stabilization_s=0.0, scale_down_rate=down)
+    assert st.apply(1, 10, 0.0) == (5, "scale-down rate 50%/60s")
+    assert st.apply(1, 5, 10.0) == (5, "scale-down rate 50%/60s")  # the period started at 10 replicas
+    assert st.apply(20, 5, 20.0) == (20, None)  # no rule upwards: no limit
+    disabled = Stabilizer(
+        min_replicas=1,
+        max_replicas=100,
+        scale_down_stabilization_s=0.0,
+        scale_down_rate=RateLimit.parse("disabled"),
+    )
+    assert disabled.apply(1, 10, 0.0) == (10, "scale-down rate disabled")
+    both = RateLimit.parse("min:4pods/60s,100%/60s")  # from 10: +4 or +10; Min takes +4
+    st = Stabilizer(min_replicas=1, max_replicas=100, scale_down_stabilization_s=0.0, scale_up_rate=both)
+    assert st.apply(50, 10, 0.0) == (14, "scale-up rate min:4pods/60s,100%/60s")
+
+
+def test_rate_rules_and_up_window_through_the_config() -> None:
+    from harmony.decision.rates import RateLimit
+
+    dec = Decider(config(scale_up_rate=RateLimit.parse("1pod/600s"), scale_down_stabilization_s=0.0))
+    d = dec.decide(grid_draws(np.full(10, 9.5)), ["req"], 4, 0.0)
+    assert (d.recommendation, d.replicas) == (10, 5)
+    assert d.reason.endswith("stabilised to 5 (scale-up rate 1pod/600s)")
+    assert dec.state_dict()["rate_changes"] == [(0.0, 1)]
+    restored = Decider(config(scale_up_rate=RateLimit.parse("1pod/600s"), scale_down_stabilization_s=0.0))
+    restored.load_state_dict(dec.state_dict())
+    assert restored.decide(grid_draws(np.full(10, 9.5)), ["req"], 5, 60.0).replicas == 5  # 1 pod per 600 s
+    with pytest.raises(ValueError, match="scale_up_rate must be None or a RateLimit"):
+        config(scale_up_rate="1pod/60s")
+    # The HPA's scale-up window: the lowest recommendation of the window.
+    windowed = Decider(config(scale_up_stabilization_s=120.0, scale_down_stabilization_s=0.0))
+    assert windowed.decide(grid_draws(np.full(10, 2.5)), ["req"], 3, 0.0).replicas == 3
+    assert windowed.decide(grid_draws(np.full(10, 9.5)), ["req"], 3, 60.0).replicas == 3  # 3 is in the window
+
+
 # --- fallback ----------------------------------------------------------------------------------------------
 
 

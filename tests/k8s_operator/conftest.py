@@ -1,3 +1,3 @@
 """Fixtures of the operator tests; they live in operator_harness.py so tests can import its helpers."""
 
-from operator_harness import cluster, fisher_slice, kmock_options, model_dir, prometheus  # noqa: F401
+from operator_harness import cluster, fisher_slice, kmock_options, model_dir, prometheus, tls  # noqa: F401

@@ -1,7 +1,11 @@
-"""Real components for the operator's tests: an HTTP Kubernetes API (kmock) and a real Prometheus.
+"""Real components for the operator's tests: an HTTPS Kubernetes API (kmock) and a real Prometheus.
 
-Kubernetes: `kmock.KubernetesEmulator` serves a stateful Kubernetes API over real HTTP on loopback. Its
-gaps that matter to the operator are closed in `Cluster` below:
+Kubernetes: `kmock.KubernetesEmulator` serves a stateful Kubernetes API over real HTTP on loopback, here
+behind TLS that verifies client certificates (`tls` fixture: a CA, a server certificate for 127.0.0.1 and
+a client certificate, made by `trustme` at test time). The tests' kubeconfig embeds the CA and the client
+certificate and key as base64 data, the form kind, kubeadm and most cloud tools write; a request without
+an untrusted certificate never reaches the emulator; `Cluster.peers` records the client certificate's
+common name and `Cluster.auths` the Authorization header each request came with. Its gaps that matter to the operator are closed in `Cluster` below:
 
 * JSON patches (kopf adds and removes its finalizer with them) are applied with `jsonpatch`, including
   the `test` of `metadata.resourceVersion`, which fails with 409 like a real API server;
@@ -24,14 +28,16 @@ HTTP exactly as the operator does in a cluster.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime as dt
+import functools
 import math
 import os
 import shutil
 import socket
+import ssl
 import subprocess
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,12 +45,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import aiohttp.test_utils
 import attrs
 import jsonpatch
 import kmock
 import numpy as np
 import pytest
 import requests
+import trustme
 from kmock import KubernetesObjectNotFoundError
 
 from harmony.model.base import Forecaster, ForecastSpec
@@ -74,13 +83,15 @@ def _merge_diff(old: Any, new: Any) -> Any:
 
 @dataclass
 class Fault:
-    """Answer `times` requests of `method` whose path ends with `path_suffix` with HTTP `status`."""
+    """Answer `times` requests of `method` whose path ends with `path_suffix` with HTTP `status`
+    (only those from the client whose User-Agent ends with `agent`, when set)."""
 
     method: str
     path_suffix: str
     status: int
     times: int = 1_000_000
     hits: int = 0
+    agent: str | None = None  # only requests whose User-Agent ends with this
 
 
 class Cluster(kmock.KubernetesEmulator):
@@ -88,6 +99,17 @@ class Cluster(kmock.KubernetesEmulator):
 
     _rv: int = 0
     faults: list[Fault] = []  # noqa: RUF012 - replaced per test by the fixture
+    peers: list[str] = []  # noqa: RUF012 - the client certificate's common name of each request
+    auths: list[str] = []  # noqa: RUF012 - the Authorization header of each request
+
+    def _peer(self, request: kmock.Request) -> str:
+        raw = request._raw_request
+        cert = raw.transport.get_extra_info("peercert") if raw is not None and raw.transport else None
+        for rdn in (cert or {}).get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return str(value)
+        return ""
 
     def _next_rv(self) -> str:
         type(self)._rv += 1
@@ -100,11 +122,14 @@ class Cluster(kmock.KubernetesEmulator):
         return None
 
     async def _handle(self, request: kmock.Request) -> Any:
+        self.peers.append(self._peer(request))
+        self.auths.append(str(request.headers.get("Authorization", "")))
         for fault in self.faults:
             if (
                 fault.hits < fault.times
                 and str(request.method).upper().endswith(fault.method)
                 and request.url.path.endswith(fault.path_suffix)
+                and (fault.agent is None or str(request.headers.get("User-Agent", "")).endswith(fault.agent))
             ):
                 fault.hits += 1
                 return await self._error(request, fault.status)
@@ -188,15 +213,102 @@ def scale_of(cluster: Cluster, plural: str, namespace: str, name: str) -> dict[s
     }
 
 
-@pytest.fixture
-def kmock_options() -> dict[str, Any]:
-    return {"cls": Cluster}
+CLIENT_CN = "system:serviceaccount:harmony-system:harmony-operator"
+
+
+@dataclass(frozen=True)
+class TLS:
+    """A CA, the API server's certificate for 127.0.0.1 and the operator's client certificate."""
+
+    ca: trustme.CA
+    server: trustme.LeafCert
+    client: trustme.LeafCert
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server.configure_cert(ctx)
+        self.ca.configure_trust(ctx)
+        # Optional, so that token-only logins (in-cluster, exec tokens) can be tested too; an untrusted
+        # certificate is still refused, and `Cluster.peers` shows which requests carried the trusted one.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        self.client.configure_cert(ctx)
+        return ctx
+
+    @staticmethod
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    def kubeconfig(
+        self, server: str, *, user: dict[str, Any] | None = None, cluster: dict[str, Any] | None = None
+    ) -> str:
+        """A kubeconfig embedding the CA and the client certificate and key (`user`/`cluster` override)."""
+        import yaml
+
+        cluster_entry = cluster or {
+            "server": server,
+            "certificate-authority-data": self.b64(self.ca.cert_pem.bytes()),
+        }
+        user_entry = (
+            user
+            if user is not None
+            else {
+                "client-certificate-data": self.b64(self.client.cert_chain_pems[0].bytes()),
+                "client-key-data": self.b64(self.client.private_key_pem.bytes()),
+            }
+        )
+        return yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": cluster_entry}],
+                "users": [{"name": "test", "user": user_entry}],
+                "contexts": [
+                    {"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "default"}}
+                ],
+                "current-context": "test",
+            }
+        )
+
+
+@pytest.fixture(scope="session")
+def tls() -> TLS:
+    ca = trustme.CA()
+    return TLS(ca, ca.issue_cert("127.0.0.1"), ca.issue_cert("harmony-operator", common_name=CLIENT_CN))
+
+
+class TLSServer(aiohttp.test_utils.RawTestServer):
+    """kmock's server (aiohttp's raw test server) listening with TLS."""
+
+    def __init__(self, handler: Any, *, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._tls = ssl_context
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        await super().start_server(loop=loop, ssl=self._tls, **kwargs)
 
 
 @pytest.fixture
-def cluster(kmock: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cluster:
+def kmock_options(tls: TLS) -> dict[str, Any]:
+    client_ctx = tls.client_context()
+    return {
+        "cls": Cluster,
+        "server_cls": functools.partial(TLSServer, ssl_context=tls.server_context()),
+        # kmock's own client (cluster.get/delete in tests) also needs the CA and a client certificate.
+        "client_fct": lambda url: aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(ssl=client_ctx)),
+    }
+
+
+@pytest.fixture
+def cluster(kmock: Cluster, tls: TLS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cluster:
     """The emulated cluster with the resources the operator uses, and a kubeconfig pointing at it."""
     kmock.faults = []
+    kmock.peers = []
+    kmock.auths = []
     kmock.resources.load_bundled()
     kmock.resources["harmony.dev/v1alpha1/harmonyautoscalers"] = kmock.ResourceInfo(
         kind="HarmonyAutoscaler",
@@ -220,25 +332,24 @@ def cluster(kmock: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for plural in ("deployments", "statefulsets"):
         kmock["get", kmock.resource(f"apps/v1/{plural}"), kmock.subresource("scale")] << get_scale
     config = tmp_path / "kubeconfig"
-    config.write_text(
-        textwrap.dedent(f"""
-        apiVersion: v1
-        kind: Config
-        clusters: [{{name: test, cluster: {{server: "{kmock.url}"}}}}]
-        users: [{{name: test, user: {{token: test-token}}}}]
-        contexts: [{{name: test, context: {{cluster: test, user: test, namespace: default}}}}]
-        current-context: test
-    """)
-    )
+    config.write_text(tls.kubeconfig(str(kmock.url).rstrip("/")))
     monkeypatch.setenv("KUBECONFIG", str(config))
+    # Not in a pod: the in-cluster service account must not shadow the kubeconfig.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     return kmock
 
 
 def _metadata(namespace: str, name: str) -> dict[str, Any]:
-    return {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()), "resourceVersion": "1", "generation": 1}
+    return {
+        "name": name,
+        "namespace": namespace,
+        "uid": str(uuid.uuid4()),
+        "resourceVersion": "1",
+        "generation": 1,
+    }
 
 
-def add_deployment(cluster: Cluster, namespace: str, name: str, replicas: int = 1) -> None:
+def add_deployment(cluster: Cluster, namespace: str, name: str, replicas: int | str = 1) -> None:
     cluster.objects["apps/v1/deployments", namespace, name] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -248,13 +359,25 @@ def add_deployment(cluster: Cluster, namespace: str, name: str, replicas: int = 
     }
 
 
-def add_autoscaler(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    cluster.objects["harmony.dev/v1alpha1/harmonyautoscalers", namespace, name] = {
+def add_autoscaler(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    spec: dict[str, Any],
+    status: dict[str, Any] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> None:
+    obj: dict[str, Any] = {
         "apiVersion": "harmony.dev/v1alpha1",
         "kind": "HarmonyAutoscaler",
         "metadata": _metadata(namespace, name),
         "spec": spec,
     }
+    if status is not None:
+        obj["status"] = status
+    if annotations:
+        obj["metadata"]["annotations"] = dict(annotations)
+    cluster.objects["harmony.dev/v1alpha1/harmonyautoscalers", namespace, name] = obj
 
 
 # --- Prometheus backfilled with a real trace slice ---------------------------------------------------------

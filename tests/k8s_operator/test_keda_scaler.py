@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -57,6 +58,8 @@ def running_operator(monkeypatch: pytest.MonkeyPatch, prometheus_url: str) -> It
     monkeypatch.setenv("HARMONY_LEADER_ELECTION", "false")
     monkeypatch.setenv("HARMONY_NUM_SAMPLES", "200")
     monkeypatch.setenv("HARMONY_MIN_STALENESS_S", "900")  # 10-minute trace samples are fresh here
+    # The tests' models live in pytest's temporary directories (the default allows models:/ and /models/).
+    monkeypatch.setenv("HARMONY_MODEL_URI_PREFIXES", f"models:/,{tempfile.gettempdir()}/")
     with KopfRunner(["run", "-A", "--standalone", "-m", "harmony_operator.handlers"], timeout=60) as runner:
         yield runner
 

@@ -1,6 +1,6 @@
-"""The operator's scenarios against a real cluster: run with `KUBECONFIG=... pytest -m e2e tests/k8s_operator`.
+"""The operator's scenarios against a real cluster: `HARMONY_E2E=1 KUBECONFIG=... pytest -m e2e tests/k8s_operator`.
 
-Without KUBECONFIG these tests are skipped and pytest reports them as skipped (`-ra`). With it, they install
+Without both these tests are skipped and pytest reports them as skipped (`-ra`). With it, they install
 the chart's CRD, work in a fresh namespace (deleted afterwards), run the operator locally under KopfRunner
 (so it reaches the tests' own Prometheus on loopback) and check the same outcomes as the kmock scenarios:
 Apply scales through /scale, Recommend never does, the API server refuses an invalid resource by the CRD's
@@ -26,7 +26,12 @@ CRD = Path(__file__).resolve().parents[2] / "helm/harmony-operator/crds/harmonya
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not REAL_KUBECONFIG, reason="e2e: set KUBECONFIG to a real cluster to run these"),
+    # Opt-in, as pyproject's marker says: a KUBECONFIG a developer happens to have set must not send the
+    # test suite to a real cluster.
+    pytest.mark.skipif(
+        not (REAL_KUBECONFIG and os.environ.get("HARMONY_E2E") == "1"),
+        reason="e2e: set HARMONY_E2E=1 and KUBECONFIG to a real cluster to run these",
+    ),
 ]
 
 
@@ -55,15 +60,20 @@ def k8s(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
 
 
 def _deployment(client: Any, ns: str, name: str) -> None:
-    client.AppsV1Api().create_namespaced_deployment(ns, {
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.9"}]}},
+    client.AppsV1Api().create_namespaced_deployment(
+        ns,
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.9"}]},
+                },
+            },
         },
-    })
+    )
 
 
 async def _wait(fn: Any, timeout: float = 90.0) -> Any:
@@ -86,9 +96,18 @@ async def test_e2e_apply_recommend_invalid_and_delete(
     apps = client.AppsV1Api()
 
     def create(name: str, spec: dict[str, Any]) -> None:
-        custom.create_namespaced_custom_object("harmony.dev", "v1alpha1", ns, "harmonyautoscalers", {
-            "apiVersion": "harmony.dev/v1alpha1", "kind": "HarmonyAutoscaler", "metadata": {"name": name},
-            "spec": spec})
+        custom.create_namespaced_custom_object(
+            "harmony.dev",
+            "v1alpha1",
+            ns,
+            "harmonyautoscalers",
+            {
+                "apiVersion": "harmony.dev/v1alpha1",
+                "kind": "HarmonyAutoscaler",
+                "metadata": {"name": name},
+                "spec": spec,
+            },
+        )
 
     def status(name: str) -> dict[str, Any]:
         obj = custom.get_namespaced_custom_object("harmony.dev", "v1alpha1", ns, "harmonyautoscalers", name)
@@ -96,8 +115,11 @@ async def test_e2e_apply_recommend_invalid_and_delete(
 
     for name in ("apply", "shadow"):
         _deployment(client, ns, name)
-        spec = autoscaler_spec(model={"uri": str(model_dir)}, scaleTargetRef={"kind": "Deployment", "name": name},
-                               mode="Apply" if name == "apply" else "Recommend")
+        spec = autoscaler_spec(
+            model={"uri": str(model_dir)},
+            scaleTargetRef={"kind": "Deployment", "name": name},
+            mode="Apply" if name == "apply" else "Recommend",
+        )
         spec["indicators"][0]["capacityPerReplica"] = 0.2
         create(name, spec)
     with pytest.raises(ApiException) as refused:
@@ -108,9 +130,13 @@ async def test_e2e_apply_recommend_invalid_and_delete(
     monkeypatch.setenv("HARMONY_METRICS_PORT", "0")
     monkeypatch.setenv("HARMONY_LEADER_ELECTION", "false")
     monkeypatch.setenv("HARMONY_MIN_STALENESS_S", "900")
-    with KopfRunner(["run", "--namespace", ns, "--standalone", "-m", "harmony_operator.handlers"],
-                    timeout=120) as runner:
-        await _wait(lambda: status("apply").get("desiredReplicas") and status("shadow").get("desiredReplicas"))
+    monkeypatch.setenv("HARMONY_MODEL_URI_PREFIXES", f"{model_dir}/")
+    with KopfRunner(
+        ["run", "--namespace", ns, "--standalone", "-m", "harmony_operator.handlers"], timeout=120
+    ) as runner:
+        await _wait(
+            lambda: status("apply").get("desiredReplicas") and status("shadow").get("desiredReplicas")
+        )
         desired = status("apply")["desiredReplicas"]
         await _wait(lambda: apps.read_namespaced_deployment_scale("apply", ns).spec.replicas == desired)
         custom.delete_namespaced_custom_object("harmony.dev", "v1alpha1", ns, "harmonyautoscalers", "apply")

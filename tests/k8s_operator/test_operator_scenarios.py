@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
 import socket
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +25,7 @@ import pytest
 import requests
 from kopf.testing import KopfRunner
 from operator_harness import (  # type: ignore[import-not-found]
+    CLIENT_CN,
     STEP_S,
     Cluster,
     Fault,
@@ -41,10 +45,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The tests' models live in pytest's temporary directories; the chart's default allows only models:/ and
+# /models/.
+MODEL_PREFIXES = f"models:/,runs:/,{tempfile.gettempdir()}/"
+
+
 @contextmanager
 def running_operator(
-    monkeypatch: pytest.MonkeyPatch, prometheus_url: str, *, leader: bool = False, metrics_port: int = 0
+    monkeypatch: pytest.MonkeyPatch,
+    prometheus_url: str,
+    *,
+    leader: bool = False,
+    metrics_port: int = 0,
+    model_prefixes: str = MODEL_PREFIXES,
 ) -> Iterator[KopfRunner]:
+    monkeypatch.setenv("HARMONY_MODEL_URI_PREFIXES", model_prefixes)
     monkeypatch.setenv("HARMONY_PROMETHEUS_URL", prometheus_url)
     monkeypatch.setenv("HARMONY_METRICS_PORT", str(metrics_port))
     monkeypatch.setenv("HARMONY_LEADER_ELECTION", "true" if leader else "false")
@@ -155,6 +170,9 @@ async def test_apply_scales_the_target_and_explains_the_decision(
     assert "harmony_operator_reconcile_seconds_bucket" in metrics
     assert "harmony_operator_leader 1.0" in metrics
     assert "harmony_operator_inference_batch_size 1.0" in metrics  # one resource, one per batch
+    # Every request, kopf's watches and the operator's own calls, came over TLS with the kubeconfig's
+    # embedded client certificate.
+    assert cluster.peers and set(cluster.peers) == {CLIENT_CN}
 
 
 async def test_recommend_mode_never_patches_the_target(
@@ -238,9 +256,9 @@ async def test_faults_end_in_their_documented_states(
         assert status(cluster, "faults", name)["desiredReplicas"] == 3
         assert replicas(cluster, "faults", name) == 3
         assert scale_patches(cluster, "faults", name) == []
-        assert any(
-            e["reason"] == "Fallback" and e["type"] == "Warning" for e in events(cluster, "faults", name)
-        )
+        # Announced once while the cause lasts, not every interval (which Kubernetes never aggregates).
+        fallbacks = [e for e in events(cluster, "faults", name) if e["reason"] == "Fallback"]
+        assert len(fallbacks) == 1 and fallbacks[0]["type"] == "Warning", (name, fallbacks)
 
     # Model unusable: the reactive rule on current demand, ceil(load / (1.0 * 0.7) * 1.1).
     for name, reason in (
@@ -276,12 +294,14 @@ async def test_faults_end_in_their_documented_states(
 async def test_api_conflicts_and_server_errors_are_retried(
     cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Two conflicts, then the PATCH goes through; a target whose /scale always answers 503.
+    # Two conflicts, then the PATCH goes through; a target whose /scale always answers 503; one whose /scale
+    # PATCH always fails.
     cluster.faults = [
         Fault("PATCH", "/deployments/busy/scale", 409, times=2),
         Fault("GET", "/deployments/broken/scale", 503),
+        Fault("PATCH", "/deployments/stuck/scale", 503),
     ]
-    for name in ("busy", "broken"):
+    for name in ("busy", "broken", "stuck"):
         add_deployment(cluster, "api", name, replicas=1)
         spec = autoscaler_spec(
             model={"uri": str(model_dir)}, scaleTargetRef={"kind": "Deployment", "name": name}
@@ -293,6 +313,7 @@ async def test_api_conflicts_and_server_errors_are_retried(
             lambda: (
                 replicas(cluster, "api", "busy") > 1
                 and condition(cluster, "api", "broken", "Ready").get("reason") == "KubernetesAPIError"
+                and condition(cluster, "api", "stuck", "Ready").get("reason") == "ScaleFailed"
             )
         )
     assert runner.exception is None, runner.output
@@ -302,6 +323,11 @@ async def test_api_conflicts_and_server_errors_are_retried(
     assert cluster.faults[1].hits >= 4  # retried within the reconcile before giving up
     assert replicas(cluster, "api", "broken") == 1
     assert scale_patches(cluster, "api", "broken") == []
+    # A scale that keeps failing is not Ready (it used to stay True).
+    c = condition(cluster, "api", "stuck", "Ready")
+    assert (c["status"], c["reason"]) == ("False", "ScaleFailed")
+    assert "scaling Deployment stuck to" in c["message"] and replicas(cluster, "api", "stuck") == 1
+    assert condition(cluster, "api", "stuck", "ScalingActive")["reason"] == "ScaleFailed"
 
 
 async def test_prometheus_unreachable_holds_the_replicas(
@@ -346,3 +372,287 @@ async def test_deleted_resource_is_left_alone(
         or (r.data and isinstance(r.data, dict) and json.dumps(r.data).find('"gone"') >= 0)
     ]
     assert touching == []
+
+
+async def test_a_spec_edit_acts_within_one_short_interval(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recommend every hour, edited to Apply every 2 s: the edit is acted on at once, not in an hour."""
+    add_deployment(cluster, "shop", "edit", replicas=1)
+    spec = autoscaler_spec(
+        model={"uri": str(model_dir)},
+        mode="Recommend",
+        interval="1h",
+        scaleTargetRef={"kind": "Deployment", "name": "edit"},
+    )
+    spec["indicators"][0]["capacityPerReplica"] = 0.05  # any decision wants more than 1 replica
+    add_autoscaler(cluster, "shop", "edit", spec)
+    path = "/apis/harmony.dev/v1alpha1/namespaces/shop/harmonyautoscalers/edit"
+    with running_operator(monkeypatch, prometheus.url) as runner:
+        await wait_for(lambda: status(cluster, "shop", "edit").get("desiredReplicas") is not None)
+        assert replicas(cluster, "shop", "edit") == 1
+        edited = {**spec, "mode": "Apply", "interval": "2s"}
+        started = time.monotonic()
+        resp = await cluster.patch(
+            path, json={"spec": edited}, headers={"Content-Type": "application/merge-patch+json"}
+        )
+        assert resp.status == 200
+        await wait_for(lambda: replicas(cluster, "shop", "edit") > 1, timeout=30)
+        acted_after = time.monotonic() - started
+    assert runner.exception is None, runner.output
+    assert acted_after < 2.0 + 3.0, acted_after  # one short interval, plus a reconcile's own time
+    st = status(cluster, "shop", "edit")
+    assert st["observedGeneration"] == 2
+    assert replicas(cluster, "shop", "edit") == st["desiredReplicas"]
+
+
+async def test_every_exception_ends_in_a_condition_and_an_event(
+    cluster: Cluster,
+    prometheus: PrometheusServer,
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each exception class of issue 19 item 4: the loop survives it, the status and an event say why."""
+    from harmony_operator.spec import parse_spec
+
+    from harmony.decision import Decider
+
+    zero_step = tmp_path / "zero-step"
+    shutil.copytree(model_dir, zero_step)
+    meta = json.loads((zero_step / "forecaster.json").read_text())
+    meta["spec"]["frequency_s"] = 0.0
+    (zero_step / "forecaster.json").write_text(json.dumps(meta))
+    cache = tmp_path / "model-cache"
+    monkeypatch.setenv("HARMONY_MODEL_CACHE_DIR", str(cache))
+    cases: dict[str, dict[str, Any]] = {
+        "s3": autoscaler_spec(model={"uri": "s3://models/fisher-load"}),  # no boto3 in the image
+        "http": autoscaler_spec(model={"uri": "http://127.0.0.1:9/fisher-load"}),  # ValueError in MLflow
+        "zerostep": autoscaler_spec(model={"uri": str(zero_step)}),  # would divide by zero
+        "future": autoscaler_spec(model={"uri": str(model_dir)}),  # state from a clock an hour ahead
+        "garbled": autoscaler_spec(model={"uri": str(model_dir)}),  # the API answers replicas: "many"
+    }
+    future = Decider(parse_spec(cases["future"]).decision_config())
+    future.stabilizer.load_state_dict([(time.time() + 3600.0, 7)])
+    for name, spec in cases.items():
+        spec["scaleTargetRef"] = {"kind": "Deployment", "name": name}
+        add_deployment(cluster, "errs", name, replicas="many" if name == "garbled" else 3)
+        saved = {"state": future.state_dict()} if name == "future" else None
+        add_autoscaler(cluster, "errs", name, spec, status=saved)
+
+    def reconciles(name: str) -> int:
+        scale = f"/apis/apps/v1/namespaces/errs/deployments/{name}/scale"
+        return sum(1 for r in cluster if r.method == kmock.method.GET and r.url.path == scale)
+
+    with running_operator(
+        monkeypatch, prometheus.url, model_prefixes=f"{MODEL_PREFIXES},s3://models/,http://127.0.0.1:9/"
+    ) as runner:
+        await wait_for(lambda: all(condition(cluster, "errs", n, "Ready") for n in cases), timeout=45)
+        # The loops survive: every resource is reconciled again after its failure.
+        counts = {n: reconciles(n) for n in cases}
+        await wait_for(lambda: all(reconciles(n) > counts[n] for n in cases), timeout=30)
+    assert runner.exception is None, runner.output
+
+    def cond(name: str, type_: str) -> tuple[str, str]:
+        c = condition(cluster, "errs", name, type_)
+        return c.get("status", ""), c.get("reason", "")
+
+    for name in ("s3", "http"):
+        assert cond(name, "ModelLoaded") == ("False", "ModelNotFound"), status(cluster, "errs", name)
+        st = status(cluster, "errs", name)
+        assert st["fallback"] is True and cond(name, "Ready")[0] == "True"
+        assert {"ModelError", "Fallback"} <= {e["reason"] for e in events(cluster, "errs", name)}
+    assert "botocore" in condition(cluster, "errs", "s3", "ModelLoaded")["message"]
+    assert cond("zerostep", "ModelLoaded") == ("False", "ModelCorrupt")
+    assert "frequency_s must be > 0" in condition(cluster, "errs", "zerostep", "ModelLoaded")["message"]
+    # The failed downloads left nothing behind in the model cache.
+    assert list(cache.iterdir()) == []
+
+    # Saved state from the future: trimmed, announced, and the decision goes on from the forecast.
+    st = status(cluster, "errs", "future")
+    assert cond("future", "Ready") == ("True", "Deciding") and st["fallback"] is False
+    assert all(t <= time.time() for t, _ in st["state"]["stabilizer"])
+    assert [e["reason"] for e in events(cluster, "errs", "future")].count("ClockSkew") == 1
+
+    # Anything else: Ready=False/InternalError with the exception, one event, the target untouched.
+    c = condition(cluster, "errs", "garbled", "Ready")
+    assert (c["status"], c["reason"]) == ("False", "InternalError")
+    assert c["message"].startswith("ValueError: invalid literal for int()"), c
+    assert [e["reason"] for e in events(cluster, "errs", "garbled")].count("InternalError") == 1
+    assert scale_patches(cluster, "errs", "garbled") == []
+
+
+async def test_pause_annotation_and_fallback_replicas(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KEDA's paused annotation (decide, never scale; lifting it acts at once) and its fixed fallback replicas
+    after N reconciles without metrics, with the health counter in status."""
+    add_deployment(cluster, "keda", "paused", replicas=1)
+    paused = autoscaler_spec(
+        model={"uri": str(model_dir)}, scaleTargetRef={"kind": "Deployment", "name": "paused"}
+    )
+    paused["indicators"][0]["capacityPerReplica"] = 0.05  # any decision wants more than 1 replica
+    add_autoscaler(cluster, "keda", "paused", paused, annotations={"harmony.dev/paused": "true"})
+    add_deployment(cluster, "keda", "nometrics", replicas=1)
+    nometrics = autoscaler_spec(
+        'fisher_load_never_exported{container="container1"}',
+        model={"uri": str(model_dir)},
+        scaleTargetRef={"kind": "Deployment", "name": "nometrics"},
+        fallback={"replicas": 5, "failureThreshold": 2},
+    )
+    add_autoscaler(cluster, "keda", "nometrics", nometrics)
+    path = "/apis/harmony.dev/v1alpha1/namespaces/keda/harmonyautoscalers/paused"
+    with running_operator(monkeypatch, prometheus.url) as runner:
+        await wait_for(lambda: replicas(cluster, "keda", "nometrics") == 5, timeout=45)
+        await wait_for(lambda: status(cluster, "keda", "paused").get("desiredReplicas") is not None)
+        await asyncio.sleep(2.5)  # another interval: still paused
+        assert scale_patches(cluster, "keda", "paused") == []
+        c = condition(cluster, "keda", "paused", "ScalingActive")
+        assert (c["status"], c["reason"]) == ("False", "Paused")
+        assert status(cluster, "keda", "paused")["desiredReplicas"] > 1
+        started = time.monotonic()
+        resp = await cluster.patch(
+            path,
+            json={"metadata": {"annotations": {"harmony.dev/paused": "false"}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert resp.status == 200
+        await wait_for(lambda: replicas(cluster, "keda", "paused") > 1, timeout=20)
+        resumed_after = time.monotonic() - started
+    assert runner.exception is None, runner.output
+    assert resumed_after < 2.0 + 3.0, resumed_after
+
+    st = status(cluster, "keda", "nometrics")
+    assert st["health"]["status"] == "Failing" and st["health"]["consecutiveFailures"] >= 2
+    assert "NoData" in st["health"]["lastFailure"]
+    assert st["desiredReplicas"] == 5 and st["fallback"] is True
+    assert st["reason"].startswith("fallback replicas: metrics unusable for")
+    # Held at 1 for the first failure, 5 from the threshold on: one PATCH, one event.
+    assert [p.data for p in scale_patches(cluster, "keda", "nometrics")] == [{"spec": {"replicas": 5}}]
+    assert [e["reason"] for e in events(cluster, "keda", "nometrics")].count("FallbackReplicas") == 1
+    assert status(cluster, "keda", "paused")["health"] == {"status": "Happy", "consecutiveFailures": 0}
+
+
+async def test_any_scalable_kind_and_conflicting_autoscalers(
+    cluster: Cluster, prometheus: PrometheusServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Argo Rollout found through API discovery is scaled through its /scale; kinds without one are
+    reported; an HPA, a KEDA ScaledObject or an older HarmonyAutoscaler on the same target stops scaling."""
+    cluster.resources["argoproj.io/v1alpha1/rollouts"] = kmock.ResourceInfo(
+        kind="Rollout",
+        namespaced=True,
+        singular="rollout",
+        verbs={"get", "list", "patch"},
+        subresources={"scale"},
+    )
+    cluster.resources["keda.sh/v1alpha1/scaledobjects"] = kmock.ResourceInfo(
+        kind="ScaledObject", namespaced=True, singular="scaledobject", verbs={"get", "list"}
+    )
+
+    def rollout_scale(request: kmock.Request) -> dict[str, Any]:
+        obj = cluster.objects["argoproj.io/v1alpha1/rollouts", request.namespace, request.name]
+        n = obj["spec"]["replicas"]
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "spec": {"replicas": n},
+            "status": {"replicas": n},
+        }
+
+    (
+        cluster["get", cluster.resource("argoproj.io/v1alpha1/rollouts"), cluster.subresource("scale")]
+        << rollout_scale
+    )
+    cluster.objects["argoproj.io/v1alpha1/rollouts", "multi", "canary"] = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "canary", "namespace": "multi"},
+        "spec": {"replicas": 1},
+    }
+    cluster.objects["autoscaling/v2/horizontalpodautoscalers", "multi", "web-hpa"] = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web-hpa", "namespace": "multi"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "withhpa"}},
+    }
+    cluster.objects["keda.sh/v1alpha1/scaledobjects", "multi", "queue"] = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "queue", "namespace": "multi"},
+        "spec": {"scaleTargetRef": {"name": "withkeda"}},  # KEDA's defaults: apps/v1 Deployment
+    }
+
+    def spec_for(api_version: str, kind: str, target: str) -> dict[str, Any]:
+        spec = autoscaler_spec(
+            model={"uri": str(model_dir)},
+            scaleTargetRef={"apiVersion": api_version, "kind": kind, "name": target},
+        )
+        spec["indicators"][0]["capacityPerReplica"] = 0.05  # any decision wants more than 1 replica
+        return spec
+
+    for target in ("withhpa", "withkeda", "twice"):
+        add_deployment(cluster, "multi", target, replicas=1)
+    resources = {
+        "rollout": spec_for("argoproj.io/v1alpha1", "Rollout", "canary"),
+        "widget": spec_for("example.com/v1", "Widget", "w"),
+        "daemonset": spec_for("apps/v1", "DaemonSet", "agents"),
+        "withhpa": spec_for("apps/v1", "Deployment", "withhpa"),
+        "withkeda": spec_for("apps/v1", "Deployment", "withkeda"),
+        "first": spec_for("apps/v1", "Deployment", "twice"),
+        "second": spec_for("apps/v1", "Deployment", "twice"),
+        "shadow": {**spec_for("apps/v1", "Deployment", "withhpa"), "mode": "Recommend"},
+    }
+    for name, spec in resources.items():
+        add_autoscaler(cluster, "multi", name, spec)
+    for name, created in (("first", "2026-01-01T00:00:00Z"), ("second", "2026-06-01T00:00:00Z")):
+        cluster.objects[HMA, "multi", name].patch({"metadata": {"creationTimestamp": created}})
+
+    with running_operator(monkeypatch, prometheus.url) as runner:
+        await wait_for(lambda: all(condition(cluster, "multi", n, "Ready") for n in resources), timeout=45)
+        await wait_for(
+            lambda: (
+                cluster.objects["argoproj.io/v1alpha1/rollouts", "multi", "canary"]["spec"]["replicas"] > 1
+            )
+        )
+        await asyncio.sleep(2.5)  # another interval for every loop
+    assert runner.exception is None, runner.output
+
+    def cond(name: str, type_: str) -> tuple[str, str, str]:
+        c = condition(cluster, "multi", name, type_)
+        return c.get("status", ""), c.get("reason", ""), c.get("message", "")
+
+    rollout = [
+        r
+        for r in cluster
+        if r.method == kmock.method.PATCH
+        and r.url.path == "/apis/argoproj.io/v1alpha1/namespaces/multi/rollouts/canary/scale"
+    ]
+    # Scaled through the Rollout's own /scale, to the decision.
+    assert rollout and rollout[-1].data == {
+        "spec": {"replicas": status(cluster, "multi", "rollout")["desiredReplicas"]}
+    }
+    assert cluster.objects["argoproj.io/v1alpha1/rollouts", "multi", "canary"]["spec"]["replicas"] > 1
+    assert cond("rollout", "Ready")[:2] == ("True", "Deciding")
+    assert cond("widget", "Ready")[:2] == ("False", "TargetNotFound")
+    assert "serves no kind Widget in example.com/v1" in cond("widget", "Ready")[2]
+    assert cond("daemonset", "Ready")[:2] == ("False", "TargetNotFound")
+    assert "has no scale subresource" in cond("daemonset", "Ready")[2]
+
+    for name, other in (
+        ("withhpa", "HorizontalPodAutoscaler web-hpa"),
+        ("withkeda", "ScaledObject queue"),
+        ("second", "HarmonyAutoscaler first"),
+    ):
+        target = resources[name]["scaleTargetRef"]["name"]
+        assert cond(name, "Ready") == ("False", "ConflictingAutoscaler", f"also scaled by {other}"), name
+        assert cond(name, "ScalingActive")[:2] == ("False", "ConflictingAutoscaler")
+        assert status(cluster, "multi", name)["desiredReplicas"] > 1  # still decides
+        assert [e["reason"] for e in events(cluster, "multi", name)].count("ConflictingAutoscaler") == 1
+        if name != "second":
+            assert scale_patches(cluster, "multi", target) == []
+    # Shadow mode runs beside the autoscaler in charge by design: no conflict.
+    assert cond("shadow", "Ready")[:2] == ("True", "Deciding")
+    assert cond("shadow", "ScalingActive")[:2] == ("False", "RecommendOnly")
+    # Of two HarmonyAutoscalers on one target the older scales, alone.
+    assert cond("first", "Ready")[:2] == ("True", "Deciding")
+    assert replicas(cluster, "multi", "twice") == status(cluster, "multi", "first")["desiredReplicas"] > 1

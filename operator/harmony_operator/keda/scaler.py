@@ -368,7 +368,14 @@ class HarmonyScaler:
         answer, spec = evaluate(obj, self.clock(), self.settings)
         if answer.state == "Paused" and spec is not None:
             try:
-                scale = await self.kube.get_scale(target.namespace, spec.target_plural, spec.target_name)
+                # A kind beside Deployment and StatefulSet is found through API discovery (cached).
+                plural = (
+                    spec.target_plural
+                    or (await self.kube.scale_target(spec.target_api_version, spec.target_kind)).plural
+                )
+                scale = await self.kube.get_scale(
+                    target.namespace, plural, spec.target_name, api_version=spec.target_api_version
+                )
             except ApiError as exc:
                 code = grpc.StatusCode.NOT_FOUND if isinstance(exc, NotFound) else grpc.StatusCode.UNAVAILABLE
                 answer = Answer(
