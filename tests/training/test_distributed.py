@@ -65,7 +65,7 @@ def test_torchrun_trains_on_two_processes_and_records_one_run(tmp_path: Path, da
     ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Starting with 2 processes" in done.stdout + done.stderr  # both processes joined the group
+    assert "MEMBER: 2/2" in done.stdout + done.stderr  # the second process joined the group
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("ddp")
