@@ -399,6 +399,8 @@ async def test_a_spec_edit_acts_within_one_short_interval(
         assert resp.status == 200
         await wait_for(lambda: replicas(cluster, "shop", "edit") > 1, timeout=30)
         acted_after = time.monotonic() - started
+        # The status write follows the /scale write (and is retried after a conflict with kopf's own patch).
+        await wait_for(lambda: status(cluster, "shop", "edit").get("observedGeneration") == 2, timeout=30)
     assert runner.exception is None, runner.output
     assert acted_after < 2.0 + 3.0, acted_after  # one short interval, plus a reconcile's own time
     st = status(cluster, "shop", "edit")
