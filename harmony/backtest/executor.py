@@ -90,6 +90,13 @@ class SeriesGroup:
         return replay_setting(knobs, self.datas, self.draws, self.settings, keep_capacity)
 
 
+def seeded_groups(
+    datas: Sequence[SeriesData], per_group: int | None, seed_offset: int
+) -> list[tuple[list[SeriesData], int]]:
+    """The groups of a part with the seed offset of each (the part's, + g x GROUP_SEED_STRIDE)."""
+    return [(g, seed_offset + k * GROUP_SEED_STRIDE) for k, g in enumerate(group_series(datas, per_group))]
+
+
 def group_series(datas: Sequence[SeriesData], per_group: int | None) -> list[list[SeriesData]]:
     """Consecutive groups of `per_group` series (one group of all when None)."""
     if per_group is None:
@@ -166,8 +173,7 @@ class LocalExecutor:
         seed_offset: int,
     ) -> LocalPart:
         groups = [
-            SeriesGroup(g, settings, seed_offset + k * GROUP_SEED_STRIDE)
-            for k, g in enumerate(group_series(datas, self.series_per_group))
+            SeriesGroup(g, settings, o) for g, o in seeded_groups(datas, self.series_per_group, seed_offset)
         ]
         total = PartForecasts()
         for g in groups:
@@ -238,6 +244,13 @@ class RayExecutor:
     address: str | None = None
     workers: int | None = None
     name: str = "ray"
+    # Objects already in the store (the trace and the forecaster), by identity: both parts read the same.
+    _shipped: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def _ref(self, ray: Any, obj: Any) -> Any:
+        if id(obj) not in self._shipped:
+            self._shipped[id(obj)] = (obj, ray.put(obj))  # the object kept alive, so its id stays its own
+        return self._shipped[id(obj)][1]
 
     def part(
         self,
@@ -250,20 +263,20 @@ class RayExecutor:
         seed_offset: int,
     ) -> RayPart:
         ray = connect_ray(self.address)
-        groups = group_series(datas, self.series_per_group)
+        groups = seeded_groups(datas, self.series_per_group, seed_offset)
         resources: dict[str, float] = ray.cluster_resources()
         n = self.workers or max(1, int(resources.get("CPU", 1)))
         n = min(n, len(groups))
         shares: list[list[tuple[list[SeriesData], int]]] = [[] for _ in range(n)]
         order: list[tuple[int, int]] = []
-        for k, g in enumerate(groups):
+        for k, group in enumerate(groups):
             a = k % n
             order.append((a, len(shares[a])))
-            shares[a].append((g, seed_offset + k * GROUP_SEED_STRIDE))
+            shares[a].append(group)
         actor: Any = ray.remote(num_cpus=1)(_Worker)  # an actor class: its handles are untyped
         actors: list[Any] = [actor.remote(share, settings) for share in shares]
         # Shipped once: every actor reads the same objects from the store.
-        trace_ref, model_ref = ray.put(trace), ray.put(forecaster)
+        trace_ref, model_ref = self._ref(ray, trace), self._ref(ray, forecaster)
         per_actor = ray.get([a.forecast.remote(model_ref, trace_ref, list(enabled), window) for a in actors])
         total = PartForecasts()
         for f in [per_actor[a][i] for a, i in order]:

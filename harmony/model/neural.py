@@ -165,35 +165,21 @@ class ForecastModule(pl.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
 
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+    def _logged_loss(self, batch: tuple[torch.Tensor, ...], name: str) -> torch.Tensor:
         past, cal, fut = batch
         loss = self.model.loss(past, cal, fut)
         # sync_dist: under DDP every process sees its own shard; the epoch's loss is their mean, so early
         # stopping and the best checkpoint judge the same number in every process (a no-op in one process).
         self.log(
-            "train_loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=past.shape[0],
-            sync_dist=True,
+            name, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=past.shape[0], sync_dist=True
         )
         return loss
 
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return self._logged_loss(batch, "train_loss")
+
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        past, cal, fut = batch
-        loss = self.model.loss(past, cal, fut)
-        self.log(
-            "val_loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=past.shape[0],
-            sync_dist=True,
-        )
-        return loss
+        return self._logged_loss(batch, "val_loss")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

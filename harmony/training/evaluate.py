@@ -234,6 +234,32 @@ def compare(
     models: dict[str, Forecaster] = {}
     for name in names:
         models[name] = _fit(known[name](spec, **compared_hparams(config, name)), trace, split, config, log)
+    return _evaluate_as_configured(
+        trace,
+        split,
+        models,
+        config,
+        baseline=baseline,
+        part=part,
+        log=log,
+        executor=executor,
+        ray_address=ray_address,
+    )
+
+
+def _evaluate_as_configured(
+    trace: Trace,
+    split: Split,
+    models: dict[str, Forecaster],
+    config: Any,
+    *,
+    baseline: str,
+    part: Part,
+    log: Callable[[str], None],
+    executor: str,
+    ray_address: str | None,
+) -> Evaluation:
+    """`evaluate` with a TrainConfig's evaluation section and seed, after the notes on the models."""
     for line in notes(models.values()):
         log(f"note: {line}")
     ev = config.evaluation
@@ -346,16 +372,12 @@ def score_trained(
         models[baseline] = _fit(
             known[baseline](spec, **compared_hparams(config, baseline)), trace, split, config, log
         )
-    for line in notes(models.values()):
-        log(f"note: {line}")
-    comparison = evaluate(
+    comparison = _evaluate_as_configured(
         trace,
         split,
         models,
+        config,
         baseline=baseline,
-        n_samples=ev.num_samples,
-        max_windows=ev.max_windows_per_series,
-        seed=config.trainer.seed,
         part=part,
         log=log,
         executor=executor,

@@ -10,32 +10,12 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from test_train import TINY
 
 from harmony.model.base import Forecaster
 from harmony.training.train import STATE_FILE, RunState, TrainError, _primary_state
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "data.series=[container1, container2]",
-    "model.lookback=24",
-    "model.horizon=3",
-    "model.lead_time=1",
-    "model.targets=[load, cpu_cores]",
-    "model.hparams.d_model=16",
-    "model.hparams.d_ff=32",
-    "model.hparams.n_heads=2",
-    "model.hparams.context_dim=16",
-    "model.hparams.flow_hidden=16",
-    "model.hparams.flow_transforms=2",
-    "model.hparams.max_train_windows=256",
-    "model.hparams.max_val_windows=64",
-    "model.hparams.batch_size=64",
-    "trainer.max_epochs=2",
-    "trainer.progress=false",
-    "trainer.num_threads=1",
-    "evaluation.num_samples=20",
-    "evaluation.max_windows_per_series=8",
-]
 
 
 def test_torchrun_trains_on_two_processes_and_records_one_run(tmp_path: Path, data_root: Path) -> None:
