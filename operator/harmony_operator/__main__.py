@@ -84,6 +84,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--no-leader-election", action="store_true", help="act without a Lease (only for a single instance)"
     )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=int(os.environ.get("HARMONY_SHARDS", "1")),
+        metavar="N",
+        help="resources are split over N shards by a hash of their uid, one Lease each [$HARMONY_SHARDS]",
+    )
+    p.add_argument(
+        "--shard",
+        type=int,
+        default=int(os.environ.get("HARMONY_SHARD", "0")),
+        metavar="I",
+        help="this instance's home shard, 0..N-1; it also takes over shards left free [$HARMONY_SHARD]",
+    )
     p.add_argument("--num-samples", type=int, default=100, help="forecast draws per decision")
     p.add_argument(
         "--min-staleness",
@@ -117,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--prometheus-url (or $HARMONY_PROMETHEUS_URL) is required")
     if not args.no_leader_election and not args.lease_namespace:
         p.error("leader election needs --lease-namespace (or $POD_NAMESPACE); or pass --no-leader-election")
+    if args.shards < 1 or not 0 <= args.shard < args.shards:
+        p.error(
+            f"need --shards >= 1 and 0 <= --shard < --shards, got --shard {args.shard} --shards {args.shards}"
+        )
+    if args.shards > 1 and args.no_leader_election:
+        p.error("--shards above 1 needs leader election: each shard is a Lease")
     if args.num_samples < 10:
         p.error("--num-samples must be at least 10")
     if not 0 < args.retry_period < args.renew_deadline < args.lease_duration:
@@ -152,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
             lease_name=args.lease_name,
             lease_namespace=args.lease_namespace,
             leader_election=not args.no_leader_election,
+            shards=args.shards,
+            shard=args.shard,
             num_samples=args.num_samples,
             model_cache_dir=os.environ.get("HARMONY_MODEL_CACHE_DIR") or None,
             min_staleness_s=args.min_staleness,

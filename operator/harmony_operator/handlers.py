@@ -2,8 +2,9 @@
 
 Settings come from `configure(OperatorOptions)` (the CLI) or, when started as `kopf run -m
 harmony_operator.handlers`, from the environment (`OperatorOptions.from_env`). kopf runs standalone (no
-peering objects); one-active-instance is the Lease in `harmony_operator.leader`. A standby instance's
-daemons wait without touching the cluster until it holds the lease, and every write is fenced by it.
+peering objects); who acts on a resource is decided by the Leases in `harmony_operator.sharding` (one
+Lease per shard, one shard unless `shards` says otherwise). A daemon whose resource this instance does not
+own waits without touching the cluster, and every write is fenced by ownership of the resource's shard.
 Handler results are never returned, so kopf writes nothing into `.status` beside what the reconciler writes.
 
 Level-triggered: the daemon sleeps until its next interval *or* until a watch event shows a new generation
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -44,12 +46,16 @@ from harmony_operator.models import ModelCache, ModelPolicy
 from harmony_operator.prometheus import PrometheusAuth, PrometheusClient
 from harmony_operator.reconcile import Event, Outcome, Reconciler, ReconcilerSettings
 from harmony_operator.redact import redact
+from harmony_operator.sharding import ShardLeases
 
 __all__ = ["PAUSED_ANNOTATION", "OperatorOptions", "Runtime", "configure", "is_paused"]
 
 log = logging.getLogger(__name__)
 
 PAUSED_ANNOTATION = f"{GROUP}/paused"
+
+# The uid of the resource the running step acts on: the write fence asks whether this instance owns it.
+_ACTING_UID: contextvars.ContextVar[str] = contextvars.ContextVar("harmony_acting_uid", default="")
 
 # Every status key the reconciler may write: a patch sets the ones it did not write this time to null, so
 # the status never shows a stale probability or forecast next to a fresh fallback decision.
@@ -89,6 +95,9 @@ class OperatorOptions:
     renew_deadline_s: float = 10.0
     retry_period_s: float = 2.0
     identity: str | None = None
+    # Sharding (harmony_operator.sharding): how many shards there are, and this instance's own.
+    shards: int = 1
+    shard: int = 0
     # Tenancy and bounds on models (ModelPolicy): where model.uri may point, how big and slow a load may be.
     model_uri_prefixes: tuple[str, ...] = ("models:/", "/models/")
     model_max_bytes: int = 512 * 1024**2
@@ -135,6 +144,8 @@ class OperatorOptions:
                 p for p in os.environ.get("HARMONY_PROMETHEUS_URL_PREFIXES", "").split(",") if p
             ),
             query_namespace_label=os.environ.get("HARMONY_QUERY_NAMESPACE_LABEL") or None,
+            shards=int(os.environ.get("HARMONY_SHARDS", "1")),
+            shard=int(os.environ.get("HARMONY_SHARD", "0")),
         )
 
 
@@ -156,7 +167,9 @@ class Runtime:
         self.metrics = OperatorMetrics()
         self.identity = options.identity or default_identity()
         # Every status and /scale write is fenced: asked of the lease right before it goes out.
-        self.kube = KubeClient(user_agent=f"harmony-operator/{self.identity}", guard=lambda: self.is_leader)
+        self.kube = KubeClient(
+            user_agent=f"harmony-operator/{self.identity}", guard=lambda: self.owns(_ACTING_UID.get())
+        )
         auth = options.prometheus_auth
         tls = auth.ssl_context() if auth is not None else None
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls) if tls else None)
@@ -184,34 +197,53 @@ class Runtime:
         self.stop = asyncio.Event()
         self._wakes: dict[tuple[str, str], asyncio.Event] = {}
         self._acted: dict[tuple[str, str], tuple[Any, ...]] = {}
-        self.elector: LeaderElector | None = None
-        self.elector_task: asyncio.Task[None] | None = None
+        self.leases: ShardLeases | None = None
+        self.leases_task: asyncio.Task[None] | None = None
         if options.leader_election:
             if not options.lease_namespace:
                 raise kopf.PermanentError("leader election needs --lease-namespace or POD_NAMESPACE")
-            self.elector = LeaderElector(
+            self.leases = ShardLeases(
                 self.kube,
                 options.lease_namespace,
                 options.lease_name,
                 self.identity,
+                shards=options.shards,
+                home=options.shard,
                 lease_s=options.lease_duration_s,
                 renew_deadline_s=options.renew_deadline_s,
                 retry_s=options.retry_period_s,
-                on_change=lambda leader: self.metrics.leader.set(1 if leader else 0),
+                on_change=self._held,
             )
+        elif options.shards != 1:
+            raise kopf.PermanentError("shards need leader election: each shard is a Lease")
         else:
             self.metrics.leader.set(1)
+            self.metrics.shards_held.set(1)
+
+    def _held(self, shards: int) -> None:
+        self.metrics.leader.set(1 if shards else 0)
+        self.metrics.shards_held.set(shards)
+
+    @property
+    def elector(self) -> LeaderElector | None:
+        """The Lease of this instance's home shard (the only one without sharding)."""
+        return self.leases.home_elector if self.leases is not None else None
 
     @property
     def is_leader(self) -> bool:
-        return self.elector is None or self.elector.is_leader
+        """Whether this instance acts for any shard now."""
+        return self.leases is None or bool(self.leases.acting)
+
+    def owns(self, uid: str) -> bool:
+        """Whether this instance may act on, and write for, the resource with this uid now."""
+        return self.leases is None or self.leases.owns(uid)
 
     async def start(self) -> None:
         if self.options.metrics_port:
             self.metrics.serve(self.options.metrics_port, self.options.bind_address)
-        if self.elector is not None:
-            await self.elector.try_acquire_or_renew()
-            self.elector_task = asyncio.create_task(self.elector.run(self.stop))
+        if self.leases is not None:
+            await self.leases.round()
+            self.leases_task = asyncio.create_task(self.leases.run(self.stop))
 
     # level-triggered wake-ups ---------------------------------------------------------------------------
     def _wake(self, namespace: str, name: str) -> asyncio.Event:
@@ -255,6 +287,7 @@ class Runtime:
         status: dict[str, Any],
         generation: int | None,
         *,
+        uid: str = "",
         version: tuple[Any, ...] = (),
         paused: bool = False,
         post_event: Callable[[Event], None] | None = None,
@@ -263,7 +296,28 @@ class Runtime:
         """Reconcile, then write the status and post the events (each write fenced); seconds until the next.
 
         Never raises but for cancellation: a failure of any kind becomes a condition and an event.
+        Every write is fenced by this instance's ownership of `uid` (its shard's Lease).
         """
+        token = _ACTING_UID.set(uid)
+        try:
+            return await self._step(
+                namespace, name, spec, status, generation, version, paused, post_event, stopped
+            )
+        finally:
+            _ACTING_UID.reset(token)
+
+    async def _step(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        status: dict[str, Any],
+        generation: int | None,
+        version: tuple[Any, ...],
+        paused: bool,
+        post_event: Callable[[Event], None] | None,
+        stopped: Callable[[], bool],
+    ) -> float:
         self._acted[(namespace, name)] = version
         self._wake(namespace, name).clear()
         try:
@@ -307,13 +361,13 @@ class Runtime:
             log.info("%s/%s: %s", namespace, name, redact(str(outcome.status.get("reason", conditions[0]))))
         if post_event is not None:
             for event in outcome.events:
-                if self.is_leader:  # events are writes too
+                if self.owns(_ACTING_UID.get()):  # events are writes too
                     post_event(Event(event.type, event.reason, redact(event.message)))
 
     async def close(self) -> None:
         self.stop.set()
-        if self.elector_task is not None:
-            await self.elector_task
+        if self.leases_task is not None:
+            await self.leases_task
         self.sampler.close()
         await self.http.close()
         await self.kube.close()
@@ -396,13 +450,14 @@ async def autoscale(
 ) -> None:
     runtime: Runtime = memo["runtime"]
     runtime.metrics.resources.inc()
+    uid = str(meta.get("uid") or "")
 
     def post(event: Event) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
 
     try:
         while not stopped:
-            if not runtime.is_leader:
+            if not runtime.owns(uid):  # another shard's, or a standby: wait without touching the cluster
                 await stopped.wait(1.0)
                 continue
             generation = meta.get("generation")
@@ -412,6 +467,7 @@ async def autoscale(
                 dict(spec),
                 dict(status),
                 int(generation) if generation is not None else None,
+                uid=uid,
                 version=_version(meta),
                 paused=is_paused(meta),
                 post_event=post,

@@ -28,7 +28,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from harmony_operator.kube import ApiError, KubeClient, NotFound
@@ -68,6 +68,8 @@ class LeaderElector:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_change: Callable[[bool], None] | None = None,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
     ) -> None:
         if not 0 < retry_s < renew_deadline_s < lease_s:
             raise ValueError(
@@ -84,6 +86,10 @@ class LeaderElector:
         self.clock = clock  # monotonic: every duration is measured on it
         self.wall_clock = wall_clock  # only for the timestamps written into the Lease, for people to read
         self.on_change = on_change
+        # Written into the Lease's metadata with every write (harmony_operator.sharding: the shard it is for
+        # and the home shard of its holder).
+        self.labels = dict(labels or {})
+        self.annotations = dict(annotations or {})
         self._leader = False
         self._renewed_at: float | None = None  # start of the last successful round, on `clock`
         self._observed: tuple[Any, ...] | None = None
@@ -117,6 +123,10 @@ class LeaderElector:
             "leaseTransitions": transitions,
         }
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if self.labels:
+            meta["labels"] = dict(self.labels)
+        if self.annotations:
+            meta["annotations"] = dict(self.annotations)
         if lease is not None:
             old = lease.get("spec") or {}
             if old.get("holderIdentity") == self.identity and old.get("acquireTime"):
@@ -126,7 +136,8 @@ class LeaderElector:
                 meta["resourceVersion"] = rv
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
 
-    def _observe(self, lease: dict[str, Any] | None) -> None:
+    def observe(self, lease: dict[str, Any] | None) -> None:
+        """Note the lease as read elsewhere (a list): its expiry counts from when its record last changed."""
         record = _record(lease)
         if record != self._observed:
             self._observed, self._observed_at = record, self.clock()
@@ -142,7 +153,7 @@ class LeaderElector:
             if lease is None:
                 written = await self.kube.create_lease(self.namespace, self._body(None, 0))
             else:
-                self._observe(lease)
+                self.observe(lease)
                 spec = lease.get("spec") or {}
                 holder = spec.get("holderIdentity") or ""
                 duration = float(spec.get("leaseDurationSeconds") or self.lease_s)
@@ -160,7 +171,7 @@ class LeaderElector:
             log.warning("leader lease %s/%s: %s", self.namespace, self.name, exc)
             self._set(self.is_leader)
             return self.is_leader
-        self._observe(written or None)
+        self.observe(written or None)
         self._renewed_at = start
         self._set(True)
         return True
@@ -173,7 +184,9 @@ class LeaderElector:
             self._set(self.is_leader)  # a renewal overdue shows as lost without waiting for the next round
         await self.release()
 
-    async def release(self) -> None:
+    async def release(self, clear_annotations: tuple[str, ...] = ()) -> None:
+        """Stop acting, then hand the lease back (empty holder) so another contender takes it at once;
+        `clear_annotations` are removed in the same write."""
         was_leader = self._leader or self.is_leader
         self._renewed_at = None
         if was_leader:
@@ -183,6 +196,8 @@ class LeaderElector:
                 if spec.get("holderIdentity") == self.identity:
                     body = self._body(lease, int(spec.get("leaseTransitions") or 0))
                     body["spec"]["holderIdentity"] = ""
+                    for key in clear_annotations:
+                        body["metadata"].setdefault("annotations", {})[key] = None  # merge patch: delete
                     await self.kube.replace_lease(self.namespace, self.name, body)
             except ApiError as exc:
                 log.warning("could not release the leader lease %s/%s: %s", self.namespace, self.name, exc)

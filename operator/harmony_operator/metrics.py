@@ -80,6 +80,11 @@ class OperatorMetrics:
         self.leader = Gauge(
             "harmony_operator_leader", "1 while this instance holds the leader lease.", registry=r
         )
+        self.shards_held = Gauge(
+            "harmony_operator_shards_held",
+            "Shards whose Lease this instance holds and acts for (its home shard and any it took over).",
+            registry=r,
+        )
         self.resources = Gauge(
             "harmony_operator_resources", "HarmonyAutoscalers this instance serves.", registry=r
         )
