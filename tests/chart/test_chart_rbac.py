@@ -35,10 +35,12 @@ WATCH_RULES = [
 ]
 
 
-def lease_rules(lease: str) -> list[Rule]:
+def lease_rules(*leases: str) -> list[Rule]:
     return [
         rule(["coordination.k8s.io"], ["leases"], ["create"]),
-        rule(["coordination.k8s.io"], ["leases"], ["get", "patch"], names=[lease]),
+        # Listed in the release namespace only: shows a change of the shard count in progress.
+        rule(["coordination.k8s.io"], ["leases"], ["list"]),
+        rule(["coordination.k8s.io"], ["leases"], ["get", "patch"], names=list(leases)),
     ]
 
 
