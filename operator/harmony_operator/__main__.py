@@ -87,14 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--shards",
         type=int,
-        default=int(os.environ.get("HARMONY_SHARDS", "1")),
+        default=os.environ.get("HARMONY_SHARDS", "1"),  # a string default goes through type=int too
         metavar="N",
         help="resources are split over N shards by a hash of their uid, one Lease each [$HARMONY_SHARDS]",
     )
     p.add_argument(
         "--shard",
         type=int,
-        default=int(os.environ.get("HARMONY_SHARD", "0")),
+        default=os.environ.get("HARMONY_SHARD", "0"),
         metavar="I",
         help="this instance's home shard, 0..N-1; it also takes over shards left free [$HARMONY_SHARD]",
     )

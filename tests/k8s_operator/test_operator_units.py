@@ -554,11 +554,24 @@ def test_command_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
         9090,
         8080,
     )
+    assert (args.shards, args.shard) == (1, 0)
+    monkeypatch.setenv("HARMONY_SHARDS", "3")
+    monkeypatch.setenv("HARMONY_SHARD", "2")
+    args = parse_args(["--prometheus-url", "http://prom:9090", "--lease-namespace", "ops"])
+    assert (args.shards, args.shard) == (3, 2)
+    monkeypatch.delenv("HARMONY_SHARDS")
+    monkeypatch.delenv("HARMONY_SHARD")
     for argv, message in (
         ([], "--prometheus-url"),
         (["--prometheus-url", "http://p"], "--lease-namespace"),
         (["--prometheus-url", "http://p", "--no-leader-election", "--num-samples", "5"], "--num-samples"),
         (["--prometheus-url", "http://p", "-A", "-n", "x", "--no-leader-election"], "not allowed with"),
+        (
+            ["--prometheus-url", "http://p", "--lease-namespace", "o", "--shards", "2", "--shard", "2"],
+            "--shard 2",
+        ),
+        (["--prometheus-url", "http://p", "--no-leader-election", "--shards", "2"], "needs leader election"),
+        (["--prometheus-url", "http://p", "--lease-namespace", "o", "--shards", "two"], "invalid int value"),
     ):
         with pytest.raises(SystemExit):
             parse_args(argv)
