@@ -1,6 +1,7 @@
 """How many HarmonyAutoscalers one operator process keeps at their interval: latency, throughput, memory.
 
     python -m benchmarks.operator_scale [--resources 500] [--model harmony|seasonal_naive] [--spread 60]
+    python -m benchmarks.operator_scale --resources 5000 --shards 1,2,4     (split over shard processes)
 
 Real components: a Prometheus server (Debian package) backfilled with the Fisher trace's ten containers
 (load and CPU, re-timed to end now), an HTTP server answering the Kubernetes API calls of the loop (/scale
@@ -15,20 +16,30 @@ Rounds, each over all resources:
 The burst round is also run with batching off (one forecaster call per resource) as the in-process
 baseline. Targets (docs/operator.md): 500 resources within a 60 s interval on 2 cores, p99 decision latency
 under 50 ms per resource, resident memory under 1 GiB.
+
+With --shards, each count in the list is run in turn against the same Prometheus and API server: the
+resources are split by harmony_operator.sharding.shard_of (a hash of each resource's uid, as the operator
+splits them), one process per shard, all shards at once on the same machine, each running a spread round
+and then a burst round over its own resources. Printed per shard: resources, loop (round) time, p50/p99 per
+resource, CPU seconds per decision and peak resident memory; the first count in the list is the baseline
+the others are compared with.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import resource
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -307,14 +318,169 @@ async def run(args: argparse.Namespace) -> None:
     print("targets: a round within the 60 s interval; spread p99 < 50 ms; memory < 1 GiB")
 
 
+def resource_uid(name: str) -> str:
+    """A stable stand-in for the API server's uid of the benchmark's resource `name`."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"harmony-bench/{name}"))
+
+
+def _cpu_s() -> float:
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
+async def shard_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """One shard's process: its resources' rounds, against the parent's Prometheus and API server."""
+    import aiohttp
+    from harmony_operator.kube import KubeClient
+    from harmony_operator.models import ModelCache, ModelPolicy
+    from harmony_operator.prometheus import PrometheusClient
+    from harmony_operator.sharding import shard_of
+
+    torch.set_num_threads(job["threads"])
+    tmp = Path(job["tmp"])
+    model_path = Path(job["model"])
+    all_specs = resource_specs(job["resources"], job["containers"], model_path)
+    specs = {n: sp for n, sp in all_specs.items() if shard_of(resource_uid(n), job["shards"]) == job["shard"]}
+    os.environ["KUBECONFIG"] = job["kubeconfig"]
+    rows = []
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http,
+        KubeClient() as kube,
+    ):
+        prom = PrometheusClient(job["prometheus"], http, timeout_s=60)
+        models = ModelCache(tmp / f"cache-{job['shards']}-{job['shard']}", policy=ModelPolicy((f"{tmp}/",)))
+        await models.get(str(model_path))  # loaded before the clock starts, as a running operator has it
+        for label, spread in (("spread", job["spread"]), ("burst", 0.0)):
+            cpu = _cpu_s()
+            result = await one_round(
+                kube, prom, models, specs, samples=job["samples"], batch=512, spread_s=spread
+            )
+            rows.append([label, *result, (_cpu_s() - cpu) / max(1, len(specs))])
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"shard": job["shard"], "resources": len(specs), "rows": rows, "rss_gib": rss}
+
+
+async def run_sharded(args: argparse.Namespace, counts: list[int]) -> None:
+    from harmony.data.catalog import load
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    trace = load("fisher_containers")
+    frames = {sid: trace[sid][["load", "cpu_cores"]].to_numpy()[-600:] for sid in trace.series_ids}
+    model_path = build_model(args.model, tmp / "model")
+    names = list(resource_specs(args.resources, list(frames), model_path))
+    proc, prom_url = start_prometheus(tmp, frames, time.time())
+    runner, k8s_url, replicas = await start_kubernetes_api()
+    replicas.update(dict.fromkeys(names, 1))
+    (tmp / "kubeconfig").write_text(
+        f"apiVersion: v1\nkind: Config\nclusters: [{{name: b, cluster: {{server: '{k8s_url}'}}}}]\n"
+        "users: [{name: b, user: {token: t}}]\n"
+        "contexts: [{name: b, context: {cluster: b, user: b}}]\ncurrent-context: b\n"
+    )
+    results: dict[int, list[dict[str, Any]]] = {}
+    walls: dict[int, float] = {}
+    try:
+        for count in counts:
+            jobs = [
+                {
+                    "shard": j,
+                    "shards": count,
+                    "resources": args.resources,
+                    "containers": list(frames),
+                    "model": str(model_path),
+                    "tmp": str(tmp),
+                    "kubeconfig": str(tmp / "kubeconfig"),
+                    "prometheus": prom_url,
+                    "samples": args.samples,
+                    "spread": args.spread,
+                    "threads": args.threads,
+                }
+                for j in range(count)
+            ]
+            start = time.perf_counter()
+            # The API server lives in this process's loop: the shards are awaited, never waited for.
+            workers = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "benchmarks.operator_scale",
+                    "--shard-job",
+                    json.dumps(job),
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                for job in jobs
+            ]
+            outs = await asyncio.gather(*(w.communicate() for w in workers))
+            walls[count] = time.perf_counter() - start
+            for w in workers:
+                if w.returncode != 0:
+                    raise SystemExit(f"a shard process failed (exit {w.returncode})")
+            results[count] = [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outs]
+    finally:
+        await runner.cleanup()
+        proc.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"\n{args.resources} resources, model {args.model}, {args.samples} draws, "
+        f"{args.threads} torch thread(s) per shard, {os.cpu_count()} cores shared by all shards"
+    )
+    header = (
+        f"{'shards':>6} {'shard':>5} {'resources':>9} {'round':<7} {'loop s':>7} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'CPU ms/decision':>15} {'fallbacks':>9} {'RSS GiB':>8}"
+    )
+    print(header)
+    for count, shards in results.items():
+        for r in shards:
+            for label, wall, p50, p99, _calls, fb, cpu in r["rows"]:
+                print(
+                    f"{count:>6} {r['shard']:>5} {r['resources']:>9} {label:<7} {wall:>7.1f} {p50:>8.1f} "
+                    f"{p99:>8.1f} {cpu * 1000:>15.2f} {fb:>9} {r['rss_gib']:>8.2f}"
+                )
+    base = counts[0]
+
+    def worst(count: int, label: str, k: int) -> float:
+        return max(row[k] for r in results[count] for row in r["rows"] if row[0] == label)
+
+    print(f"\nper count (worst shard), against {base} shard(s) in this same command:")
+    print(
+        f"{'shards':>6} {'burst loop s':>12} {'ratio':>6} {'spread p99 ms':>13} "
+        f"{'max RSS GiB':>11} {'total s':>8}"
+    )
+    for count in counts:
+        burst = worst(count, "burst", 1)
+        rss = max(r["rss_gib"] for r in results[count])
+        print(
+            f"{count:>6} {burst:>12.1f} {burst / worst(base, 'burst', 1):>6.2f} "
+            f"{worst(count, 'spread', 3):>13.1f} {rss:>11.2f} {walls[count]:>8.0f}"
+        )
+
+
 def main() -> None:
+    from harmony.output import quiet_third_party
+
+    quiet_third_party()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resources", type=int, default=500)
     p.add_argument("--model", choices=("harmony", "seasonal_naive"), default="harmony")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--spread", type=float, default=60.0, help="seconds over which the spread round arrives")
     p.add_argument("--threads", type=int, default=1)
-    asyncio.run(run(p.parse_args()))
+    p.add_argument(
+        "--shards", default="", help="comma-separated shard counts, e.g. 1,2,4: one process per shard"
+    )
+    p.add_argument("--shard-job", help=argparse.SUPPRESS)  # internal: one shard's process
+    args = p.parse_args()
+    if args.shard_job:
+        print(json.dumps(asyncio.run(shard_worker(json.loads(args.shard_job)))))
+    elif args.shards:
+        try:
+            counts = [int(c) for c in args.shards.split(",")]
+        except ValueError:
+            p.error(f"--shards: expected comma-separated integers, got {args.shards!r}")
+        if any(c < 1 for c in counts):
+            p.error("--shards: every count must be at least 1")
+        asyncio.run(run_sharded(args, counts))
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":
