@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,16 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_binning(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--binning",
+        metavar="RULE",
+        help="which grid point a row's timestamp goes to: 'nearest' (a bin centred on the point; the default "
+        "unless the card's cleaning.binning says otherwise) or 'left' (the step [t, t + step) it falls in, "
+        "as pandas resample(closed='left', label='left'))",
+    )
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from harmony.data.catalog import data_dir, dataset_root, list_cards
 
@@ -40,11 +51,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _load_for_show(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from harmony.data.catalog import load
-    from harmony.data.spec import load_card
+    from harmony.data.spec import load_card, parse_binning
 
+    binning = parse_binning(args.binning, where="--binning") if args.binning else None
     target = load_card(args.name) if args.name.endswith((".yaml", ".yml")) else args.name
     series = [args.series] if args.series else None
-    return load(target, root=args.data_dir, series=series, frequency=args.freq)
+    return load(target, root=args.data_dir, series=series, frequency=args.freq, binning=binning)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -84,9 +96,17 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from harmony.data.loaders.table import load_table
-    from harmony.data.spec import load_card, parse_frequency, parse_indicator_arg
+    from harmony.data.spec import (
+        CleaningRules,
+        load_card,
+        parse_binning,
+        parse_frequency,
+        parse_indicator_arg,
+    )
     from harmony.data.summary import cleaning_report, overview, render_table
 
+    binning = parse_binning(args.binning, where="--binning") if args.binning else None
+    cleaning: CleaningRules | None
     if args.card:
         card = load_card(args.card)
         indicators = list(card.indicators)
@@ -94,7 +114,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         ts_col = args.timestamp_column or str(opts.get("timestamp_column", "timestamp"))
         series_col = args.series_column or opts.get("series_column")
         freq = parse_frequency(args.freq, where="--freq") if args.freq else card.frequency
-        cleaning = card.cleaning
+        cleaning = card.cleaning if binning is None else dataclasses.replace(card.cleaning, binning=binning)
     else:
         if not args.indicator:
             raise DataError("declare the indicators with --indicator (repeatable) or give a --card")
@@ -102,7 +122,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         ts_col = args.timestamp_column or "timestamp"
         series_col = args.series_column
         freq = parse_frequency(args.freq, where="--freq") if args.freq else None  # type: ignore[assignment]
-        cleaning = None
+        cleaning = None if binning is None else CleaningRules(binning=binning)
     trace = load_table(
         args.path,
         indicators=indicators,
@@ -302,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", metavar="OUT.png", help="write a plot of the series (the first if --series is not given)"
     )
     p.add_argument("--freq", metavar="STEP", help="resample or re-bin to this step, e.g. 1min, 300s")
+    _add_binning(p)
     _add_data_dir(p)
     p.set_defaults(func=_cmd_show)
 
@@ -337,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delimiter", metavar="CHAR", help="CSV delimiter (default: detected from the header)")
     p.add_argument("--timezone", default="UTC", help="zone of timestamps without an offset (default: UTC)")
     p.add_argument("--freq", metavar="STEP", help="sampling step (default: the median step in the file)")
+    _add_binning(p)
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser(

@@ -29,9 +29,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harmony.backtest import CRITERIA, BacktestResult, ConfigRun, format_knob, knob_space, short_knobs
+from harmony.backtest import (
+    CAUSE_COLUMNS,
+    CRITERIA,
+    BacktestResult,
+    ConfigRun,
+    Knobs,
+    format_knob,
+    knob_space,
+    short_knobs,
+)
 from harmony.backtest.held import chosen_eps, held_to_eps
 from harmony.backtest_charts import capacity_chart, curves_chart
+from harmony.decision import FALLBACK_CAUSES
 from harmony.plots import FILE_MODE
 
 __all__ = [
@@ -62,6 +72,7 @@ VALIDATED_METRICS = (
     "cost_rel_best",
     "gap_captured",
     "fallbacks",
+    *CAUSE_COLUMNS.values(),
 )
 HINDSIGHT_METRICS = (
     "cost",
@@ -71,7 +82,15 @@ HINDSIGHT_METRICS = (
     "cost_rel_best",
     "gap_captured",
 )
-SWEEP_METRICS = ("violation_rate", "worst_violation_rate", "cost", "replica_hours", "actions", "fallbacks")
+SWEEP_METRICS = (
+    "violation_rate",
+    "worst_violation_rate",
+    "cost",
+    "replica_hours",
+    "actions",
+    "fallbacks",
+    *CAUSE_COLUMNS.values(),
+)
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a parameter value
 
 
@@ -193,6 +212,65 @@ PER_SERVICE_TITLE = (
 FALLBACK_WARNING_SHARE = 0.02
 
 
+def _by_cause(rows: pd.DataFrame) -> dict[str, int]:
+    """Fallback decisions of each cause summed over `rows` (score rows of one setting)."""
+    return {cause: int(rows[col].sum()) for cause, col in CAUSE_COLUMNS.items() if col in rows}
+
+
+def _fallback_advice(result: BacktestResult) -> list[str]:
+    """HARMONY deciding by its reactive fallback on more than FALLBACK_WARNING_SHARE of its decisions at its
+    validated knobs, by cause; and, separately, whenever its forecasts proved miscalibrated beyond repair
+    there (a tighter eps then gives more violations, not fewer)."""
+    runs = result.per_run
+    if "harmony" not in result.tuned or not {"decisions", "fallbacks"} <= set(runs.columns):
+        return []
+    lines: list[str] = []
+    harmony = runs[runs["policy"] == "harmony"]
+    knobs = result.tuned["harmony"]["total"].knobs.text()
+    mine = harmony[harmony["knobs"] == knobs]
+    decisions, fallbacks = float(mine["decisions"].sum()), float(mine["fallbacks"].sum())
+    if decisions > 0 and fallbacks / decisions > FALLBACK_WARNING_SHARE:
+        causes = ", ".join(f"{n:,} {FALLBACK_CAUSES[c]}" for c, n in _by_cause(mine).items() if n)
+        lines.append(
+            f"harmony: the reactive fallback decided {int(fallbacks):,} of its {int(decisions):,} "
+            f"decisions ({100 * fallbacks / decisions:.1f}%) on the test part at {short_knobs(knobs)}"
+            + (f"; by cause: {causes}" if causes else "")
+            + ". Those decisions' replicas follow scaling.fallback_target_utilization and "
+            "scaling.fallback_margin (docs/decision.md, the fallback)"
+        )
+    col = CAUSE_COLUMNS["miscalibrated"]
+    if col not in harmony:
+        return lines
+    # The knobs chosen for each criterion (one line for both when they are the same).
+    chosen: dict[Knobs, list[str]] = {}
+    for criterion, what in (("total", "in total"), ("service", "for every series")):
+        t = result.tuned["harmony"].get(criterion)
+        if t is not None:
+            chosen.setdefault(t.knobs, []).append(what)
+    for knobs_chosen, whats in chosen.items():
+        mine = harmony[harmony["knobs"] == knobs_chosen.text()]
+        miscalibrated = int(mine[col].sum())
+        if miscalibrated == 0:
+            continue
+        sweep = result.summary[
+            (result.summary["policy"] == "harmony")
+            & (result.summary["setting"] == knobs_chosen.secondary_text())
+            & (result.summary[col] > 0)
+        ]
+        where = ", ".join(f"{format_knob(float(r['knob']))} ({int(r[col]):,})" for _, r in sweep.iterrows())
+        lines.append(
+            f"harmony: its forecasts proved miscalibrated beyond repair at the knobs chosen "
+            f"{' and '.join(whats)} ({short_knobs(knobs_chosen.text())}): the reactive fallback took over "
+            f"for that reason in "
+            f"{miscalibrated:,} of its {int(mine['decisions'].sum()):,} decisions on the test part"
+            + (f" (at eps = {where} in the test sweep)" if where else "")
+            + ". An eps tighter than the forecaster's draws can deliver hands the decisions to the reactive "
+            "rule, so violations rise instead of falling: choose a looser eps, or a forecaster with a wider "
+            "upper tail (docs/decision.md, miscalibrated beyond repair)"
+        )
+    return lines
+
+
 def advice_text(result: BacktestResult) -> str:
     """What in the result needs the user's attention, and what to change: policies whose sweep never met
     the target on the validation part (their ratios then compare with a policy that violates more), and
@@ -216,21 +294,7 @@ def advice_text(result: BacktestResult) -> str:
                 f"{_pct(rate)}%): {consequence}. Widen its sweep: {_WIDEN.get(policy, 'more values')} in "
                 f"policies.{policy}"
             )
-    runs = result.per_run
-    if "harmony" in result.tuned and {"decisions", "fallbacks"} <= set(runs.columns):
-        knobs = result.tuned["harmony"]["total"].knobs.text()
-        mine = runs[(runs["policy"] == "harmony") & (runs["knobs"] == knobs)]
-        decisions, fallbacks = float(mine["decisions"].sum()), float(mine["fallbacks"].sum())
-        if decisions > 0 and fallbacks / decisions > FALLBACK_WARNING_SHARE:
-            lines.append(
-                f"harmony: the reactive fallback decided {int(fallbacks):,} of its {int(decisions):,} "
-                f"decisions ({100 * fallbacks / decisions:.1f}%) on the test part at {short_knobs(knobs)}: "
-                "the steps without history enough for a forecast (after a gap) and, with "
-                "fallback_on_miscalibration, those where the forecasts proved miscalibrated beyond repair "
-                "at this eps (a tighter SLA then gives more violations, not fewer). Its count follows "
-                "scaling.fallback_target_utilization and scaling.fallback_margin (docs/decision.md, the "
-                "fallback)"
-            )
+    lines.extend(_fallback_advice(result))
     if not lines:
         return ""
     return "ATTENTION\n" + "\n".join(f"  - {line}" for line in lines)
@@ -297,6 +361,14 @@ def held_table(result: BacktestResult) -> str:
     return _render(["criterion", "policy", "eps", "series", "below", "inside", "above"], rows, left=2)
 
 
+def _causes_text(row: Mapping[Any, Any]) -> str:
+    """A summary row's fallback decisions of each cause, the causes with none left out ('-' for none)."""
+    return (
+        ", ".join(f"{c} {int(row[col])}" for c, col in CAUSE_COLUMNS.items() if float(row.get(col, 0.0)) > 0)
+        or "-"
+    )
+
+
 def format_tables(result: BacktestResult) -> str:
     """The validated tables and headline first, then the per-service rates, the hindsight frontier and every
     setting replayed on the test part (violation rates in percent, costs in the config's currency)."""
@@ -337,7 +409,7 @@ def format_tables(result: BacktestResult) -> str:
     )
     sm = result.summary
     sweep = _render(
-        ["policy", "knobs", "viol_%", "worst_%", "cost", "replica_h", "actions", "fallbacks"],
+        ["policy", "knobs", "viol_%", "worst_%", "cost", "replica_h", "actions", "fallbacks", "by cause"],
         [
             [
                 str(r["policy"]),
@@ -348,6 +420,7 @@ def format_tables(result: BacktestResult) -> str:
                 _num(r["replica_hours"]),
                 _num(r["actions"]),
                 _num(r["fallbacks"]),
+                _causes_text(r),
             ]
             for r in sm.to_dict("records")
         ],

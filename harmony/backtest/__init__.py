@@ -56,6 +56,7 @@ from harmony.backtest.replay import (
 )
 from harmony.backtest.run import BacktestResult, ConfigRun, run_backtest, run_config, settings_from_config
 from harmony.backtest.sweep import (
+    CAUSE_COLUMNS,
     CRITERIA,
     RATE_TOLERANCE,
     Evaluator,
@@ -71,6 +72,7 @@ from harmony.backtest.sweep import (
 
 __all__ = [
     "BASELINES",
+    "CAUSE_COLUMNS",
     "CRITERIA",
     "PARTS",
     "POLICY_ORDER",

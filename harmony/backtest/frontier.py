@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from harmony.backtest.config import BASELINES
 from harmony.backtest.replay import Settings
-from harmony.backtest.sweep import RATE_TOLERANCE, Tuned
+from harmony.backtest.sweep import CAUSE_COLUMNS, RATE_TOLERANCE, Tuned
 from harmony.decision import ceil_replicas
 
 __all__ = [
@@ -172,7 +172,9 @@ def validated_table(
                     "series": int(s["series"]),
                     "cost": float(s["cost"]),
                     "replica_hours": float(s["replica_hours"]),
+                    "decisions": float(s["decisions"]),
                     "fallbacks": float(s["fallbacks"]),
+                    **{col: float(s[col]) for col in CAUSE_COLUMNS.values()},
                     "replays_on_val": t.replays,
                 }
             )

@@ -49,7 +49,7 @@ from harmony.backtest.config import (
 from harmony.data.errors import DataError
 from harmony.data.trace import Trace
 from harmony.data.windows import Split, usable_lookback
-from harmony.decision import ceil_replicas
+from harmony.decision import FALLBACK_CAUSES, ceil_replicas
 from harmony.model.base import Forecaster
 from harmony.model.classical import ClassicalConfig, ForecastStats, point_forecasts
 from harmony.policies import Policy
@@ -343,12 +343,14 @@ def classical_forecasts(
 
 @dataclass(frozen=True)
 class Replay:
-    """Capacity in place over steps [first, first + len(capacity)), the decisions and how many fell back."""
+    """Capacity in place over steps [first, first + len(capacity)), the decisions, how many fell back, and
+    how many of those for each cause (`harmony.decision.FALLBACK_CAUSES`: every cause, 0 when none)."""
 
     first: int
     capacity: IntArray
     decisions: int
     fallbacks: int
+    fallback_causes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FALLBACK_CAUSES, 0))
 
     def at(self, steps: slice) -> IntArray:
         lo = steps.start - self.first
@@ -364,7 +366,7 @@ def replay(policy: Policy, data: SeriesData, draws: Draws | None, settings: Sett
     policy.reset()
     current = data.initial
     observed = data.first_decision + lead  # the first step whose capacity the policy chose
-    fallbacks = 0
+    causes = dict.fromkeys(FALLBACK_CAUSES, 0)
     # The demand of every step from the one before the first decision (what it observes) to the end.
     rows = data.demand_rows
     for k, tau in enumerate(data.decisions):
@@ -375,10 +377,12 @@ def replay(policy: Policy, data: SeriesData, draws: Draws | None, settings: Sett
         samples = None if draws is None else draws[k]
         decision = policy.decide(samples, names, current, t * data.step_s, current_demand=rows[t - begin])
         current = decision.replicas
-        fallbacks += int(decision.fallback)
+        if decision.fallback:
+            # A fallback without a cause (a policy of one's own) is counted as having had no forecast.
+            causes[decision.fallback_cause or "no_forecast"] += 1
         lo = t + lead - begin
         capacity[lo : lo + interval] = current
-    return Replay(begin, capacity, len(data.decisions), fallbacks)
+    return Replay(begin, capacity, len(data.decisions), sum(causes.values()), causes)
 
 
 def score(data: SeriesData, capacity: IntArray, settings: Settings) -> dict[str, float]:

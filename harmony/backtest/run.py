@@ -390,7 +390,7 @@ def _run_config(cfg: BacktestConfig, say: Callable[[str], None]) -> ConfigRun:
     t0 = time.perf_counter()
     d = cfg.train.data
     card = card_of(cfg.train)
-    trace = load(card, root=d.root, series=d.series, frequency=d.frequency)
+    trace = load(card, root=d.root, series=d.series, frequency=d.frequency, binning=d.binning)
     split = chronological_split(trace, d.split, by=d.split_by)
     seconds = {"load": time.perf_counter() - t0}
     series = list(trace.series_ids)

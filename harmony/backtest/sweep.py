@@ -40,7 +40,7 @@ from harmony.backtest.config import (
     StaticSweep,
 )
 from harmony.backtest.replay import Draws, IntArray, SeriesData, Settings, replay, score
-from harmony.decision import Decider, DecisionConfig
+from harmony.decision import FALLBACK_CAUSES, Decider, DecisionConfig
 from harmony.policies import (
     EHPAPolicy,
     HPAPolicy,
@@ -52,6 +52,7 @@ from harmony.policies import (
 )
 
 __all__ = [
+    "CAUSE_COLUMNS",
     "CRITERIA",
     "RATE_TOLERANCE",
     "Evaluator",
@@ -74,6 +75,8 @@ CRITERIA: dict[Criterion, str] = {
     "service": "every series within the target rate",
 }
 _CRITERIA: tuple[Criterion, ...] = tuple(CRITERIA)
+# The fallback decisions of each cause (harmony.decision.FALLBACK_CAUSES), a column each in the score rows.
+CAUSE_COLUMNS: dict[str, str] = {cause: f"fallbacks_{cause}" for cause in FALLBACK_CAUSES}
 
 
 @dataclass(frozen=True)
@@ -348,6 +351,7 @@ def replay_setting(
             **score(data, cap, settings),
             "decisions": float(rep.decisions),
             "fallbacks": float(rep.fallbacks),
+            **{col: float(rep.fallback_causes[cause]) for cause, col in CAUSE_COLUMNS.items()},
         }
         out.append((row, cap if keep_capacity else None))
     return out
@@ -464,7 +468,9 @@ def summarize(rows: Iterable[Mapping[str, Any]], target: float) -> dict[str, Any
         "unmet_replica_hours": float(g["unmet_replica_hours"].sum()),
         "overprovision": float((g["overprovision"] * g["steps"]).sum() / steps) if steps else math.nan,
         "actions": float(g["actions"].sum()),
+        "decisions": float(g["decisions"].sum()),
         "fallbacks": float(g["fallbacks"].sum()),
+        **{col: float(g[col].sum()) for col in CAUSE_COLUMNS.values()},
     }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from harmony.data.errors import CardError, DataError
-from harmony.data.spec import DatasetCard, load_card, parse_frequency
+from harmony.data.spec import Binning, DatasetCard, load_card, parse_binning, parse_frequency
 from harmony.data.trace import Trace
 
 DATA_DIR_ENV = "HARMONY_DATA_DIR"
@@ -79,9 +79,15 @@ def load(
     root: str | Path | None = None,
     series: Sequence[str] | None = None,
     frequency: str | pd.Timedelta | None = None,
+    binning: str | Binning | None = None,
 ) -> Trace:
     """Load a dataset by card name, card file (a path ending in .yaml) or card from `root` (default
-    $HARMONY_DATA_DIR) into a clean Trace."""
+    $HARMONY_DATA_DIR) into a clean Trace.
+
+    `frequency` re-bins (event traces, a user's table: the rows themselves) or re-samples (a trace on its own
+    grid: the mean of each left-closed bin of a whole multiple of its step) to another step; `binning`
+    ('nearest' or 'left') overrides the card's `cleaning.binning`, the grid point a row's timestamp goes to.
+    """
     # Loaders register themselves on import.
     import harmony.data.loaders  # noqa: F401
 
@@ -96,6 +102,9 @@ def load(
         raise CardError(
             f"loader {card.loader!r} is not known; known loaders: {sorted(_LOADERS)}", path=card.path
         ) from None
+    if binning is not None:
+        rule = parse_binning(binning) if isinstance(binning, str) else binning
+        card = replace(card, cleaning=replace(card.cleaning, binning=rule))
     folder = dataset_root(card, root)
     if not folder.is_dir():
         raise DataError(
@@ -107,7 +116,8 @@ def load(
         return loader(card, folder, series)
     freq = parse_frequency(frequency, where="--freq") if isinstance(frequency, str) else frequency
     native = {int(k) for k in (card.options.get("files_by_step") or {})}
-    if card.options.get("rebin") or int(freq.total_seconds()) in native:
-        # Event traces are binned, and multi-resolution traces read, at the asked step directly.
+    if card.options.get("rebin") or card.loader == "table" or int(freq.total_seconds()) in native:
+        # Event traces are binned, multi-resolution traces read, and a user's table's rows put on the grid
+        # (by the card's binning, not an already snapped grid averaged again), at the asked step directly.
         return loader(replace(card, frequency=freq), folder, series)
     return loader(card, folder, series).resample(freq)

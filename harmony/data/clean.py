@@ -2,7 +2,8 @@
 
 The rule (also in docs/data.md), applied in this order:
 1. rows are sorted by time (stable); out-of-order rows are counted;
-2. each timestamp is snapped to the nearest point of a grid of step `freq` aligned to the Unix epoch;
+2. each timestamp goes to a point of a grid of step `freq` aligned to the Unix epoch: the nearest one
+   (`rules.binning` nearest), or the one that starts the step it falls in (left: bins [t, t + step));
 3. rows on the same grid point are merged: gauges by their mean, counters keep the last value;
 4. counters become per-second rates: (v_k - v_{k-1}) / (t_k - t_{k-1}); when a counter decreases it was
    reset (or re-based), and the rate of that one step is unknown: it is left missing for step 5 to fill.
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from harmony.data.errors import DataError
-from harmony.data.spec import CleaningRules, IndicatorSpec, OutlierAction
+from harmony.data.spec import Binning, CleaningRules, IndicatorSpec, OutlierAction
 
 _NS = 1_000_000_000
 
@@ -151,9 +152,10 @@ def regularize(
         report.out_of_order = descents
         ts, vals = ts[order], vals[order]
 
-    # 2. snap to the epoch-aligned grid
+    # 2. onto the epoch-aligned grid: the nearest point, or the start of the step the row falls in
     step = int(freq.value)
-    slots = np.floor_divide(ts + step // 2, step)
+    shift = 0 if rules.binning is Binning.LEFT else step // 2
+    slots = np.floor_divide(ts + shift, step)
     report.off_grid = int(np.count_nonzero(slots * step != ts))
 
     # 3. merge rows on the same grid point

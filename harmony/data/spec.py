@@ -36,6 +36,19 @@ class OutlierAction(StrEnum):
     CLIP = "clip"  # clip to the robust bound
 
 
+class Binning(StrEnum):
+    """Which grid point a timestamp goes to (cleaning rule 2, docs/data.md)."""
+
+    NEAREST = "nearest"  # the nearest point: a bin [t - step/2, t + step/2) centred on it
+    LEFT = "left"  # the bin [t, t + step) that starts at the point (pandas closed/label 'left')
+
+
+def parse_binning(value: Any, *, where: str = "binning", path: Path | None = None) -> Binning:
+    """'nearest' or 'left' -> Binning; anything else is an error naming `where` and the choices."""
+    binning: Binning = _enum(Binning, value, where, path)
+    return binning
+
+
 @dataclass(frozen=True)
 class IndicatorSpec:
     """One indicator of a trace.
@@ -85,7 +98,8 @@ class IndicatorSpec:
 class CleaningRules:
     """The documented rule for duplicates, gaps and outliers (see docs/data.md).
 
-    - Timestamps are snapped to the nearest point of a grid aligned to the Unix epoch.
+    - Timestamps go to a point of a grid aligned to the Unix epoch: the nearest (`binning` nearest, the
+      default), or the one starting the step they fall in (`binning` left: left-closed bins [t, t + step)).
     - Rows that land on the same grid point are merged: gauges by their mean, counters keep the last value.
     - Runs of at most `max_fill_steps` missing points are filled by linear interpolation; longer runs stay
       missing (NaN) and windows never span them.
@@ -99,6 +113,7 @@ class CleaningRules:
     outlier_mads: float = 10.0
     outlier_action: OutlierAction = OutlierAction.REPORT
     counter_jump_factor: float = 50.0
+    binning: Binning = Binning.NEAREST
 
     def __post_init__(self) -> None:
         if not self.counter_jump_factor > 1:
@@ -353,7 +368,7 @@ def card_from_dict(raw: Any, path: Path | None = None) -> DatasetCard:
         raise CardError("cleaning: expected a mapping", path=path)
     _unknown(
         set(cleaning_raw),
-        {"max_fill_steps", "outlier_mads", "outlier_action", "counter_jump_factor"},
+        {"max_fill_steps", "outlier_mads", "outlier_action", "counter_jump_factor", "binning"},
         "cleaning",
         path,
     )
@@ -364,6 +379,7 @@ def card_from_dict(raw: Any, path: Path | None = None) -> DatasetCard:
             OutlierAction, cleaning_raw.get("outlier_action", "report"), "cleaning.outlier_action", path
         ),
         counter_jump_factor=float(cleaning_raw.get("counter_jump_factor", 50.0)),
+        binning=parse_binning(cleaning_raw.get("binning", "nearest"), where="cleaning.binning", path=path),
     )
     citation = raw.get("citation") or []
     if isinstance(citation, str):

@@ -61,6 +61,10 @@ def cleaning_report(trace: Trace, series: str | None = None) -> str:
     lines = ["cleaning (rule: docs/data.md)"]
     if rep is None:
         return lines[0] + ": no report"
+    if trace.card is not None:
+        # Event traces count each event in the step it falls in, whatever the card's rule for samples.
+        rule = "left (events)" if trace.card.options.get("rebin") else trace.card.cleaning.binning.value
+        lines[0] = f"cleaning (rule: docs/data.md; binning: {rule})"
     d = rep.as_dict()
     labels = {
         "rows_in": "raw rows read",

@@ -16,11 +16,19 @@ One module per concern:
 
 from harmony.decision.calibration import CalibrationTracker, beta_cdf, beta_quantile, format_level
 from harmony.decision.config import DecisionConfig
-from harmony.decision.decider import Decider, Decision, fallback_decision, is_violation, reactive_replicas
+from harmony.decision.decider import (
+    FALLBACK_CAUSES,
+    Decider,
+    Decision,
+    fallback_decision,
+    is_violation,
+    reactive_replicas,
+)
 from harmony.decision.draws import DemandDraws, NonFiniteDraws, ceil_replicas
 from harmony.decision.stabilizer import Stabilizer
 
 __all__ = [
+    "FALLBACK_CAUSES",
     "CalibrationTracker",
     "Decider",
     "Decision",

@@ -24,12 +24,23 @@ from harmony.decision.draws import DemandDraws, NonFiniteDraws, ceil_replicas
 from harmony.decision.stabilizer import Stabilizer
 
 __all__ = [
+    "FALLBACK_CAUSES",
     "Decider",
     "Decision",
     "fallback_decision",
     "is_violation",
     "reactive_replicas",
 ]
+
+
+# Why a decision fell back to the reactive rule (`Decision.fallback_cause`), in words: the backtest counts
+# fallbacks by cause, because the remedies differ (fill the data's gaps, or ask for a looser eps).
+FALLBACK_CAUSES: dict[str, str] = {
+    "no_forecast": "no usable forecast (a lookback with gaps or a stale newest value, too little history, "
+    "stale metrics or no model)",
+    "bad_draws": "a forecast with NaN or infinite draws",
+    "miscalibrated": "forecasts miscalibrated beyond repair at this eps",
+}
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,8 @@ class Decision:
     what to set. `p_violation` is the predicted probability, over the draws, that demand exceeds the capacity
     of `replicas` at some step of the window; `expected_cost` is `price_per_interval * replicas + penalty *
     p_violation` for one interval. `quantile_level` is the working quantile 1 - eps_eff that was used.
-    `binding_step` counts steps after the last observation (the lead time included).
+    `binding_step` counts steps after the last observation (the lead time included). `fallback_cause` is
+    the key of `FALLBACK_CAUSES` that made a fallback decision fall back (None when it did not).
     """
 
     replicas: int
@@ -53,6 +65,14 @@ class Decision:
     quantile_level: float | None = None
     fallback: bool = False
     policy: str = "harmony"
+    fallback_cause: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fallback_cause is not None and self.fallback_cause not in FALLBACK_CAUSES:
+            raise ValueError(
+                f"fallback_cause must be one of {sorted(FALLBACK_CAUSES)} or None, "
+                f"got {self.fallback_cause!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form (for a CR status, a log line, a backtest table)."""
@@ -108,8 +128,10 @@ def fallback_decision(
     current_demand: Mapping[str, float] | None,
     *,
     policy: str,
+    cause: str,
 ) -> Decision:
-    """The reactive rule with a safety margin, never below the safe floor, through `stabilizer`.
+    """The reactive rule with a safety margin, never below the safe floor, through `stabilizer`. `why` words
+    the reason; `cause` is its key in `FALLBACK_CAUSES`.
 
     Rule: `max_i ceil(d_i / (c_i * fallback_target_utilization) * (1 + fallback_margin))` on the current
     demand. The safe floor: with every demand indicator known the rule already serves the current demand
@@ -135,10 +157,10 @@ def fallback_decision(
             f"{config.fallback_target_utilization:.0%} target utilisation "
             f"+ {config.fallback_margin:.0%} margin (binding: {binding})"
         )
-    replicas, cause = stabilizer.apply(recommendation, current_replicas, now_s)
+    replicas, held_by = stabilizer.apply(recommendation, current_replicas, now_s)
     reason = f"fallback: {why}; {detail}"
-    if cause is not None:
-        reason += f"; stabilised to {replicas} ({cause})"
+    if held_by is not None:
+        reason += f"; stabilised to {replicas} ({held_by})"
     return Decision(
         replicas=replicas,
         recommendation=recommendation,
@@ -146,6 +168,7 @@ def fallback_decision(
         binding_indicator=binding,
         fallback=True,
         policy=policy,
+        fallback_cause=cause,
     )
 
 
@@ -228,20 +251,20 @@ class Decider:
         if current_replicas < 0:
             raise ValueError(f"current_replicas must be >= 0, got {current_replicas}")
         if samples is None:
-            return self._fallback(fallback_reason, current_replicas, now_s, current_demand)
+            return self._fallback(fallback_reason, "no_forecast", current_replicas, now_s, current_demand)
         try:
             draws = DemandDraws(samples, names, self.config.capacities)
         except NonFiniteDraws:
             # A shape or naming error is the caller's bug and propagates; a broken forecast falls back.
             return self._fallback(
-                "forecast has NaN or infinite draws", current_replicas, now_s, current_demand
+                "forecast has NaN or infinite draws", "bad_draws", current_replicas, now_s, current_demand
             )
         if self.config.fallback_on_miscalibration and self.tracker.miscalibrated:
             why = (
                 f"forecast miscalibrated (realised violation rate ~{self.tracker.mean:.1%}, credibly above "
                 f"{self.tracker.target:.2%} even at {format_level(self.tracker.working_quantile)})"
             )
-            return self._fallback(why, current_replicas, now_s, current_demand)
+            return self._fallback(why, "miscalibrated", current_replicas, now_s, current_demand)
         return self._from_draws(draws, current_replicas, now_s)
 
     def _from_draws(self, draws: DemandDraws, current_replicas: int, now_s: float) -> Decision:
@@ -286,10 +309,22 @@ class Decider:
         )
 
     def _fallback(
-        self, why: str, current_replicas: int, now_s: float, current_demand: Mapping[str, float] | None
+        self,
+        why: str,
+        cause: str,
+        current_replicas: int,
+        now_s: float,
+        current_demand: Mapping[str, float] | None,
     ) -> Decision:
         decision = fallback_decision(
-            self.config, self.stabilizer, why, current_replicas, now_s, current_demand, policy=self.name
+            self.config,
+            self.stabilizer,
+            why,
+            current_replicas,
+            now_s,
+            current_demand,
+            policy=self.name,
+            cause=cause,
         )
         self._memory.recent.append((decision.replicas, None))
         return decision

@@ -84,9 +84,20 @@ class PointForecastPolicy(ObservesViolations):
         y = None if samples is None else np.asarray(samples, dtype=np.float64)
         if y is None or not np.isfinite(y).all():
             # HARMONY's fallback rule and floor, so that only the forecast rule is compared.
-            why = "no forecast" if y is None else "forecast has NaN or infinite draws"
+            why, fell_back = (
+                ("no forecast", "no_forecast")
+                if y is None
+                else ("forecast has NaN or infinite draws", "bad_draws")
+            )
             return fallback_decision(
-                self.config, self.stabilizer, why, current_replicas, now_s, current_demand, policy=self.name
+                self.config,
+                self.stabilizer,
+                why,
+                current_replicas,
+                now_s,
+                current_demand,
+                policy=self.name,
+                cause=fell_back,
             )
         draws = DemandDraws(y, names, self.capacities)  # validates shape and names
         cols = [names.index(n) for n in draws.names]

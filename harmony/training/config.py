@@ -45,6 +45,7 @@ class DataConfig:
     dataset: str
     series: list[str] | None = None
     frequency: str | None = None
+    binning: str | None = None  # 'nearest' or 'left': overrides the card's cleaning.binning
     split: tuple[float, float, float] = DEFAULT_SPLIT
     split_by: Literal["time", "rows"] = "time"
     root: str | None = None
@@ -313,7 +314,7 @@ def build_section(cls: type[Any], raw: Mapping[str, Any], where: str, ctx: Confi
 
 
 def _check(cfg: TrainConfig, ctx: ConfigContext) -> None:
-    from harmony.data.spec import parse_frequency
+    from harmony.data.spec import parse_binning, parse_frequency
 
     d, m, t, tr, ev = cfg.data, cfg.model, cfg.trainer, cfg.tracking, cfg.evaluation
     if any(f < 0 for f in d.split) or abs(sum(d.split) - 1.0) > 1e-9:
@@ -326,11 +327,17 @@ def _check(cfg: TrainConfig, ctx: ConfigContext) -> None:
         )
     if d.series is not None and not d.series:
         raise ctx.error("data.series", "expected a non-empty list of series ids, or null for every series")
-    if d.frequency is not None:
+    for key, value, parse in (
+        ("data.frequency", d.frequency, parse_frequency),
+        ("data.binning", d.binning, parse_binning),
+    ):
+        if value is None:
+            continue
         try:
-            parse_frequency(d.frequency, where="data.frequency")
+            parse(value, where=key)
         except DataError as exc:
-            raise ctx.error("data.frequency", exc.message) from None
+            # The parser names the key too: say it once.
+            raise ctx.error(key, exc.message.removeprefix(f"{key}: ")) from None
     card_indicators = _card_indicators(cfg, ctx)
 
     if m.lookback < 2:

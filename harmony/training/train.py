@@ -169,7 +169,7 @@ def load_data(config: TrainConfig) -> tuple[DatasetCard, Trace, Split, ForecastS
     """The trace, its chronological split and the forecast spec a configuration asks for."""
     d, m = config.data, config.model
     card = _card(config)
-    trace = load(card, root=d.root, series=d.series, frequency=d.frequency)
+    trace = load(card, root=d.root, series=d.series, frequency=d.frequency, binning=d.binning)
     split = chronological_split(trace, d.split, by=d.split_by)
     spec = ForecastSpec.for_trace(
         trace, lookback=m.lookback, horizon=m.horizon, lead_time=m.lead_time, targets=m.targets
@@ -490,6 +490,10 @@ def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     # One node is what a run recorded before trainer.num_nodes existed trained on.
     if trainer.get("num_nodes") == 1:
         trainer.pop("num_nodes")
+    # The card's binning is what a run recorded before data.binning existed read its data with.
+    data = out.get("data", {})
+    if data.get("binning", 0) is None:
+        data.pop("binning")
     return dict(out)
 
 

@@ -97,13 +97,16 @@ def test_the_output_flags_harmony_deciding_by_its_fallback(small_run: ConfigRun)
     chosen = result.tuned["harmony"]["total"].knobs.text()
     mine = (runs["policy"] == "harmony") & (runs["knobs"] == chosen)
     runs.loc[mine, "fallbacks"] = runs.loc[mine, "decisions"] * 0.25
+    runs.loc[mine, "fallbacks_no_forecast"] = runs.loc[mine, "fallbacks"]
     advice = advice_text(dataclasses.replace(result, per_run=runs))
     decisions = int(runs.loc[mine, "decisions"].sum())
     assert (
         f"harmony: the reactive fallback decided {decisions // 4:,} of its {decisions:,} decisions (25.0%)"
         in advice
     )
+    assert f"; by cause: {decisions // 4:,} no usable forecast (a lookback with gaps" in advice
     assert "scaling.fallback_target_utilization and scaling.fallback_margin" in advice
+    assert "miscalibrated beyond repair" not in advice
 
 
 def test_the_output_flags_a_baseline_whose_sweep_never_met_the_target(small_run: ConfigRun) -> None:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harmony.backtest import (
+    CAUSE_COLUMNS,
     Knobs,
     ScalingConfig,
     Settings,
@@ -149,7 +150,9 @@ def _summary(policy: str, cost: float, rate: float, worst: float) -> dict[str, f
         "services_within_sla": 2,
         "series": 2,
         "replica_hours": cost,
+        "decisions": 10.0,
         "fallbacks": 0.0,
+        **dict.fromkeys(CAUSE_COLUMNS.values(), 0.0),
     }
 
 

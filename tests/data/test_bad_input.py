@@ -4,6 +4,7 @@ repaired by the documented rule and reported. Fixtures are cut from the real tra
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from harmony.data.catalog import load
 from harmony.data.errors import CardError, DataError
 from harmony.data.loaders.table import load_table
-from harmony.data.spec import card_from_dict, parse_indicator_arg
+from harmony.data.spec import Binning, CleaningRules, card_from_dict, parse_indicator_arg
 
 LOAD = parse_indicator_arg("load:load units:1:demand:capacity=5")
 CPU = parse_indicator_arg("cpu:ns/s:2:resource:counter:column=container_cpu_usage_seconds_total")
@@ -221,6 +222,10 @@ def test_missing_dataset_folder(tmp_path: Path) -> None:
             {"indicators": [{"name": "x", "unit": "u", "level": 1, "kind": "resource"}]},
             r"at least one demand indicator",
         ),
+        (
+            {"cleaning": {"binning": "centre"}},
+            r"cleaning\.binning: expected one of 'nearest', 'left', got 'centre'",
+        ),
     ],
 )
 def test_bad_card(patch: dict[str, object], message: str) -> None:
@@ -352,6 +357,117 @@ def test_jittered_timestamps_keep_the_standard_step(tmp_path: Path, rows: list[l
     assert trace["jit"]["load"].tolist() == [float(r[1]) for r in rows[1:]]
     clean = check(write(tmp_path / "clean.csv", rows))
     assert clean.notes == ()  # an exact schedule needs no note
+
+
+def _late(rows: list[list[str]]) -> list[list[str]]:
+    """The rows with their timestamps moved late by known offsets, as a scraper that samples within each
+    step: +40 s for the even rows (0, 2, ...), +340 s for the odd ones; every row stays inside its own
+    10-minute step."""
+    out = [rows[0]]
+    for k, r in enumerate(rows[1:]):
+        t = pd.Timestamp(r[0]) + pd.Timedelta(seconds=40 if k % 2 == 0 else 340)
+        out.append([t.strftime("%Y-%m-%d %H:%M:%S"), *r[1:]])
+    return out
+
+
+def test_left_binning_keeps_each_late_row_in_its_step(tmp_path: Path, rows: list[list[str]]) -> None:
+    """The real 10-min export's first 60 rows moved late by +40 s / +340 s (`_late`). Known answers from the
+    original rows: bins [t, t + step) give them back exactly; the nearest grid point (the default) moves
+    every odd row onto the next even row's point."""
+    load_values = [float(r[col(rows, "load")]) for r in rows[1:]]
+    times = pd.DatetimeIndex([pd.Timestamp(r[0], tz="UTC") for r in rows[1:]])
+    assert times[0] == pd.Timestamp("2018-07-24 00:00", tz="UTC")  # on the 10- and the 20-minute grid
+    path = write(tmp_path / "late.csv", _late(rows))
+
+    left = check(path, frequency=pd.Timedelta("10min"), cleaning=CleaningRules(binning=Binning.LEFT))
+    frame, rep = left["late"], left.reports["late"]
+    assert frame.index.equals(times) and frame["load"].tolist() == load_values
+    assert (rep.off_grid, rep.duplicates_merged, rep.gap_points) == (60, 0, 0)
+
+    nearest = check(path, frequency=pd.Timedelta("10min"))
+    frame, rep = nearest["late"], nearest.reports["late"]
+    # Point 2j holds rows 2j - 1 and 2j (their mean); the odd points have no row and are interpolated.
+    assert (rep.duplicates_merged, rep.gap_points, rep.filled_points) == (29, 30, 30)
+    assert (
+        len(frame) == 61
+        and frame.index[0] == times[0]
+        and frame.index[-1] == times[-1] + pd.Timedelta("10min")
+    )
+    assert frame["load"].iloc[0] == load_values[0]
+    for j in range(1, 30):
+        assert frame["load"].iloc[2 * j] == pytest.approx((load_values[2 * j - 1] + load_values[2 * j]) / 2)
+
+    # Coarser than the sampling: 20-min bins average the rows they hold. Left-closed: rows 2j and 2j + 1.
+    twenty = pd.Timedelta("20min")
+    left = check(path, frequency=twenty, cleaning=CleaningRules(binning=Binning.LEFT))["late"]
+    assert left.index.equals(times[::2])
+    assert left["load"].tolist() == pytest.approx(
+        [(load_values[2 * j] + load_values[2 * j + 1]) / 2 for j in range(30)]
+    )
+    # Nearest (a bin centred on each point): rows 2j - 1 and 2j.
+    centred = check(path, frequency=twenty)["late"]
+    assert len(centred) == 31 and centred["load"].iloc[0] == load_values[0]
+    assert centred["load"].iloc[1:30].tolist() == pytest.approx(
+        [(load_values[2 * j - 1] + load_values[2 * j]) / 2 for j in range(1, 30)]
+    )
+
+
+def test_binning_from_a_card_the_command_line_and_a_config(tmp_path: Path, rows: list[list[str]]) -> None:
+    import subprocess
+    import sys
+
+    write(tmp_path / "late.csv", _late(rows))
+    load_values = [float(r[col(rows, "load")]) for r in rows[1:]]
+    pairs = [(load_values[2 * j] + load_values[2 * j + 1]) / 2 for j in range(30)]
+    card = tmp_path / "late.yaml"
+    card.write_text(
+        f"name: late\nloader: table\nfrequency: 10min\nlicense: own\nsource: a cut of Fisher\n"
+        f"directory: {tmp_path}\noptions: {{path: late.csv, timestamp_column: date}}\n"
+        "cleaning: {binning: left}\n"
+        "indicators:\n  - {name: load, unit: u, level: 1, kind: demand, capacity_per_replica: 5}\n"
+    )
+    # The card's rule; --freq (data.frequency) re-bins the file's rows at the asked step.
+    assert load(str(card))["late"]["load"].tolist() == load_values
+    assert load(str(card), frequency="20min")["late"]["load"].tolist() == pytest.approx(pairs)
+    # An explicit binning overrides the card's.
+    assert load(str(card), binning="nearest")["late"]["load"].iloc[2] == pytest.approx(
+        (load_values[1] + load_values[2]) / 2
+    )
+    with pytest.raises(CardError, match=r"binning: expected one of 'nearest', 'left', got 'Left'"):
+        load(str(card), binning="Left")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "harmony.cli", *args], capture_output=True, text=True)
+
+    common = ["datasets", "check", str(tmp_path / "late.csv"), "--timestamp-column", "date"]
+    common += ["--indicator", "load:u:1:demand:capacity=5", "--freq", "20min"]
+    out = cli(*common, "--binning", "left")
+    assert out.returncode == 0, out.stderr
+    assert "cleaning (rule: docs/data.md; binning: left)" in out.stdout
+    assert re.search(r"grid points out +30\n", out.stdout)
+    assert re.search(r"rows merged onto a shared grid point +30\n", out.stdout)
+    out = cli(*common)  # the default: nearest
+    assert "binning: nearest" in out.stdout and re.search(r"grid points out +31\n", out.stdout)
+    out = cli(*common, "--binning", "centre")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --binning: expected one of 'nearest', 'left', got 'centre'"
+    out = cli("datasets", "show", str(card), "--binning", "nearest", "--freq", "20min")
+    assert out.returncode == 0, out.stderr
+    assert "binning: nearest" in out.stdout and re.search(r"grid points out +31\n", out.stdout)
+
+    # A training (and backtest) configuration: data.binning beside data.frequency.
+    from harmony.training.config import load_config
+    from harmony.training.train import load_data
+
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"data: {{dataset: {card}, frequency: 20min, binning: left, split: [0.5, 0.2, 0.3]}}\n"
+        "model: {name: seasonal_naive, lookback: 2, horizon: 1}\n"
+    )
+    _, trace, _, _ = load_data(load_config(config))
+    assert trace["late"]["load"].tolist() == pytest.approx(pairs)
+    _, trace, _, _ = load_data(load_config(config, ["data.binning=nearest"]))
+    assert len(trace["late"]) == 31
 
 
 def test_plots_show_the_zone_the_data_was_written_in(tmp_path: Path, rows: list[list[str]]) -> None:

@@ -319,6 +319,7 @@ def test_fallback_rule_by_hand() -> None:
     # req: 130 / (10 * 0.7) * 1.1 = 20.43 -> 21; gpu: 2 / (0.5 * 0.7) * 1.1 = 6.29 -> 7
     d = Decider(cfg).decide(None, ["req", "gpu"], 30, 0.0, current_demand={"req": 130.0, "gpu": 2.0})
     assert (d.replicas, d.recommendation, d.binding_indicator, d.fallback) == (21, 21, "req", True)
+    assert d.fallback_cause == "no_forecast"
     assert d.reason == (
         "fallback: no forecast; current demand needs 21 replicas at 70% target utilisation + 10% margin "
         "(binding: req)"
@@ -358,7 +359,14 @@ def test_non_finite_draws_fall_back() -> None:
     y[3, 1, 0] = np.nan
     d = Decider(config()).decide(y, ["req"], 4, 0.0, current_demand={"req": 7.0})
     assert d.fallback and d.reason.startswith("fallback: forecast has NaN or infinite draws")
+    assert d.fallback_cause == "bad_draws"
     assert d.replicas == 11  # 7 / 0.7 * 1.1 = 11
+
+
+def test_only_known_fallback_causes() -> None:
+    assert Decider(config()).decide(grid_draws(np.full(10, 2.5)), ["req"], 1, 0.0).fallback_cause is None
+    with pytest.raises(ValueError, match="fallback_cause must be one of"):
+        Decision(replicas=1, recommendation=1, reason="x", fallback=True, fallback_cause="gap")
 
 
 # --- Bayesian adaptation -----------------------------------------------------------------------------------
@@ -454,15 +462,18 @@ def test_miscalibration_falls_back_then_retries_the_model() -> None:
     dec = Decider(cfg)
     draws = grid_draws(np.linspace(90.0, 110.0, 100))
     modes = []
+    causes: set[str | None] = set()
     steps = 1_000
     for t in range(steps):
         d = dec.decide(draws, ["req"], 1, 60.0 * t, current_demand={"req": 150.0})
         modes.append(d.fallback)
+        causes.add(d.fallback_cause)
         dec.observe({"req": 150.0 if not d.fallback else 100.0}, d.replicas)  # the model always falls short
     assert not modes[0]
     assert dec.tracker.level == pytest.approx(0.01)
     first = modes.index(True)
     assert first < 100
+    assert causes == {None, "miscalibrated"}  # the draws are finite: miscalibration is the only cause
     d = dec.decide(draws, ["req"], 1, 60.0 * steps, current_demand={"req": 150.0})
     if d.fallback:
         assert d.reason.startswith("fallback: forecast miscalibrated")

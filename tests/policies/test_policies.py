@@ -308,7 +308,9 @@ def test_point_forecast_without_draws_uses_the_reactive_fallback() -> None:
     d = policy.decide(None, ["req"], 2, 0.0, current_demand={"req": 7.0})
     # 7 / (5 * 0.7) * 1.1 = 2.2 -> 3
     assert d.fallback and d.replicas == 3 and d.policy == "point"
-    assert d.reason.startswith("fallback: no forecast")
+    assert d.reason.startswith("fallback: no forecast") and d.fallback_cause == "no_forecast"
+    broken = policy.decide(np.full((4, 1, 1), np.inf), ["req"], 2, 60.0, current_demand={"req": 7.0})
+    assert broken.fallback_cause == "bad_draws" and broken.replicas == 3
 
 
 # --- quantile only -----------------------------------------------------------------------------------------

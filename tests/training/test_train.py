@@ -360,6 +360,18 @@ def test_config_defaults_and_yaml_typed_overrides(tmp_path: Path) -> None:
     assert cfg.run_name == "bad" and cfg.output_dir == Path("runs/bad")
 
 
+def test_a_run_recorded_before_data_binning_is_still_comparable(tmp_path: Path) -> None:
+    """A model trained before data.binning existed is reused (and resumed) by the same config now."""
+    from harmony.training.train import comparable_config
+
+    config = load_config(_write(tmp_path, BASE)).to_dict()
+    assert config["data"]["binning"] is None
+    older = {**config, "data": {k: v for k, v in config["data"].items() if k != "binning"}}
+    assert comparable_config(older) == comparable_config(config)
+    left = load_config(_write(tmp_path, BASE), ["data.binning=left"]).to_dict()
+    assert comparable_config(left) != comparable_config(config)
+
+
 @pytest.mark.parametrize(
     ("text", "overrides", "expected"),
     [
@@ -391,6 +403,12 @@ def test_config_defaults_and_yaml_typed_overrides(tmp_path: Path) -> None:
         (BASE, ["tracking.run_name=a/b"], r"tracking\.run_name: expected letters"),
         (BASE, ["trainer.max_epochs.x=1"], r"trainer\.max_epochs: expected an integer, got \{'x': 1\}"),
         (BASE.replace("  horizon: 3\n", ""), [], r"model\.horizon: missing; expected an integer"),
+        (
+            BASE,
+            ["data.binning=centre"],
+            r"yaml: data\.binning: expected one of 'nearest', 'left', got 'centre'",
+        ),
+        (BASE, ["data.frequency=often"], r"yaml: data\.frequency: expected a duration such as '300s'"),
     ],
     ids=[
         "unknown-key",
@@ -409,6 +427,8 @@ def test_config_defaults_and_yaml_typed_overrides(tmp_path: Path) -> None:
         "bad-run-name",
         "override-into-scalar",
         "missing-key",
+        "unknown-binning",
+        "bad-frequency",
     ],
 )
 def test_config_errors_name_the_file_and_key(
