@@ -230,6 +230,9 @@ def timing(overrides: list[str]) -> None:
 
 
 def main() -> None:
+    from harmony.output import quiet_third_party
+
+    quiet_third_party()  # the same quiet output as the harmony command
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="fisher_containers,bitbrains_rnd,alibaba_gentd26")
     p.add_argument("--models", default="harmony,gaussian,flat,deepar,seasonal_naive,harmony_ref")

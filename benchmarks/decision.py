@@ -153,7 +153,7 @@ def headlines(configs: list[str], seeds: list[int], sets: list[str]) -> None:
     from harmony.backtest import CRITERIA, run_config
     from harmony.backtest.held import chosen_eps, held_to_eps
     from harmony.data.summary import render_table
-    from harmony.report import format_tables
+    from harmony.report_tables import format_tables
 
     for name in configs:
         rows = []
@@ -203,6 +203,9 @@ def headlines(configs: list[str], seeds: list[int], sets: list[str]) -> None:
 
 
 def main() -> None:
+    from harmony.output import quiet_third_party
+
+    quiet_third_party()  # the same quiet output as the harmony command
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="fisher_containers", help="comma-separated config names, or all")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")

@@ -60,6 +60,9 @@ def identical(a: BacktestResult, b: BacktestResult) -> bool:
 
 
 def main() -> None:
+    from harmony.output import quiet_third_party
+
+    quiet_third_party()  # the same quiet output as the harmony command
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="alibaba_gentd26")
     p.add_argument("--series", type=int, default=48)

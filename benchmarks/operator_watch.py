@@ -63,7 +63,7 @@ async def start_api(objects: dict[str, dict[str, Any]]) -> tuple[Any, str]:
     """Discovery, list and watch of HarmonyAutoscalers, patches of them, a Lease another pod renews."""
     from aiohttp import web
 
-    def resources(group_version: str, items: list[tuple[str, str]]) -> dict[str, Any]:
+    def resources(group_version: str, items: list[tuple[str, str, bool]]) -> dict[str, Any]:
         return {
             "kind": "APIResourceList",
             "groupVersion": group_version,
@@ -72,10 +72,10 @@ async def start_api(objects: dict[str, dict[str, Any]]) -> tuple[Any, str]:
                     "name": n,
                     "singularName": "" if "/" in n else k.lower(),
                     "kind": k,
-                    "namespaced": True,
+                    "namespaced": namespaced,
                     "verbs": ["get", "list", "watch", "patch"],
                 }
-                for n, k in items
+                for n, k, namespaced in items
             ],
         }
 
@@ -93,11 +93,14 @@ async def start_api(objects: dict[str, dict[str, Any]]) -> tuple[Any, str]:
         return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
 
     async def core(_: web.Request) -> web.Response:
-        return web.json_response(resources("v1", [("events", "Event")]))
+        return web.json_response(
+            resources("v1", [("events", "Event", True), ("namespaces", "Namespace", False)])
+        )
 
     async def apis(_: web.Request) -> web.Response:
         groups = []
-        for g, v in ((GROUP, VERSION), ("coordination.k8s.io", "v1")):
+        # kopf's own backbone: it waits for the CRD resource to exist before it starts its watchers.
+        for g, v in ((GROUP, VERSION), ("coordination.k8s.io", "v1"), ("apiextensions.k8s.io", "v1")):
             gv = {"groupVersion": f"{g}/{v}", "version": v}
             groups.append({"name": g, "versions": [gv], "preferredVersion": gv})
         return web.json_response({"kind": "APIGroupList", "groups": groups})
@@ -106,30 +109,53 @@ async def start_api(objects: dict[str, dict[str, Any]]) -> tuple[Any, str]:
         return web.json_response(
             resources(
                 f"{GROUP}/{VERSION}",
-                [(PLURAL, "HarmonyAutoscaler"), (f"{PLURAL}/status", "HarmonyAutoscaler")],
+                [(PLURAL, "HarmonyAutoscaler", True), (f"{PLURAL}/status", "HarmonyAutoscaler", True)],
             )
         )
 
     async def coordination(_: web.Request) -> web.Response:
-        return web.json_response(resources("coordination.k8s.io/v1", [("leases", "Lease")]))
+        return web.json_response(resources("coordination.k8s.io/v1", [("leases", "Lease", True)]))
+
+    async def extensions(_: web.Request) -> web.Response:
+        crds = [("customresourcedefinitions", "CustomResourceDefinition", False)]
+        return web.json_response(resources("apiextensions.k8s.io/v1", crds))
+
+    watchers: list[asyncio.Queue[dict[str, Any]]] = []
+    version = [1]
 
     async def listing(request: web.Request) -> web.StreamResponse:
         if request.query.get("watch") in ("true", "1"):
+            # kopf acts on an object's first appearance once it has seen its own finalizer patch come back
+            # as a watch event: every patch is streamed to the open watches.
             response = web.StreamResponse()
             await response.prepare(request)
-            await asyncio.sleep(float(request.query.get("timeoutSeconds", "600")))
+            queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            watchers.append(queue)
+            deadline = time.monotonic() + float(request.query.get("timeoutSeconds", "600"))
+            try:
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), timeout=left)
+                    except TimeoutError:
+                        break
+                    await response.write(json.dumps(event).encode() + b"\n")
+            except ConnectionResetError:
+                pass  # the operator closed its watch (it stops, or restarts the watch)
+            finally:
+                watchers.remove(queue)
             return response
         return web.json_response(
             {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "HarmonyAutoscalerList",
-                "metadata": {"resourceVersion": "1"},
+                "metadata": {"resourceVersion": str(version[0])},
                 "items": list(objects.values()),
             }
         )
 
     async def patch(request: web.Request) -> web.Response:
         obj = objects[request.match_info["name"]]
+        before = json.dumps(obj, sort_keys=True)
         body = await request.json()
         if isinstance(body, dict):
             for key, value in (body.get("metadata") or {}).items():
@@ -137,6 +163,11 @@ async def start_api(objects: dict[str, dict[str, Any]]) -> tuple[Any, str]:
                     obj["metadata"].setdefault(key, {}).update(value)
                 else:
                     obj["metadata"][key] = value
+        if json.dumps(obj, sort_keys=True) != before:  # as the API server: no change, no new version or event
+            version[0] += 1
+            obj["metadata"]["resourceVersion"] = str(version[0])
+            for queue in watchers:
+                queue.put_nowait({"type": "MODIFIED", "object": obj})
         return web.json_response(obj)
 
     async def get_lease(request: web.Request) -> web.Response:
@@ -154,6 +185,7 @@ async def start_api(objects: dict[str, dict[str, Any]]) -> tuple[Any, str]:
     app.router.add_get("/apis", apis)
     app.router.add_get(f"/apis/{GROUP}/{VERSION}", group)
     app.router.add_get("/apis/coordination.k8s.io/v1", coordination)
+    app.router.add_get("/apis/apiextensions.k8s.io/v1", extensions)
     app.router.add_get(f"/apis/{GROUP}/{VERSION}/{PLURAL}", listing)
     app.router.add_patch(f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}/{{name}}", patch)
     app.router.add_get("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", get_lease)

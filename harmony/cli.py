@@ -270,7 +270,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     import time
 
     from harmony.backtest import load_backtest_config, run_config
-    from harmony.report import headline_tables, publish
+    from harmony.report import publish
+    from harmony.report_tables import headline_tables
 
     t0 = time.perf_counter()
     config = load_backtest_config(args.config, args.set or [])

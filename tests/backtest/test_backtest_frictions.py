@@ -57,7 +57,8 @@ from harmony.decision import Decider, Decision
 from harmony.model.base import ForecastSpec
 from harmony.model.seasonal_naive import SeasonalNaiveForecaster
 from harmony.policies import Policy
-from harmony.report import advice_text, format_tables, run_metrics
+from harmony.report import run_metrics
+from harmony.report_tables import advice_text, format_tables
 
 
 def harmony_only(eps: Sequence[float]) -> PoliciesConfig:

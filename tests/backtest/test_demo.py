@@ -11,7 +11,7 @@ import pytest
 
 from harmony.backtest import POLICY_ORDER, ConfigRun, load_backtest_config, run_config
 from harmony.model.base import Forecaster
-from harmony.report import advice_text, headline_tables
+from harmony.report_tables import advice_text, headline_tables
 from harmony.training.config import load_config
 from harmony.training.train import build_forecaster, load_data
 
