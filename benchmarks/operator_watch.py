@@ -192,7 +192,8 @@ async def start_api(objects: dict[str, dict[str, Any]]) -> tuple[Any, str]:
     app.router.add_get("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", list_leases)
     app.router.add_post("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", refused)
     app.router.add_patch("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", refused)
-    runner = web.AppRunner(app, access_log=None)
+    # Open watches end at once on clean-up (not after aiohttp's default 60 s of grace).
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     port = _free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()

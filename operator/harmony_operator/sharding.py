@@ -103,7 +103,7 @@ class ShardLeases:
         retry_s: float = 2.0,
         adopt_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        on_change: Callable[[int], None] | None = None,
+        on_change: Callable[[int], None] | None = None,  # after a round that changed what it acts on
     ) -> None:
         if shards < 1 or not 0 <= home < shards:
             raise ValueError(f"need shards >= 1 and 0 <= home shard < shards, got shard {home} of {shards}")
@@ -139,7 +139,7 @@ class ShardLeases:
         # another shard count as (count, shard) pairs.
         self._acting: frozenset[int] = frozenset()
         self._blocked: tuple[tuple[int, int], ...] = ()
-        self._held = 0
+        self._state: tuple[frozenset[int], tuple[tuple[int, int], ...]] = (frozenset(), ())
 
     @property
     def home_elector(self) -> LeaderElector:
@@ -246,11 +246,13 @@ class ShardLeases:
                 log.info("a rollout between shard counts is in progress: holding back on %s", blocked)
             self._blocked = tuple(blocked)
             await self._claim_home()
-        held = len(self._acting)
-        if held != self._held:
-            self._held = held
+        state = (self._acting, self._blocked)
+        if state != self._state:
+            # What this instance may act on changed: the waiting daemons are woken (on_change), instead of
+            # each polling its resource's ownership.
+            self._state = state
             if self.on_change is not None:
-                self.on_change(held)
+                self.on_change(len(self._acting))
         return self.acting
 
     async def _claim_home(self) -> None:
@@ -285,6 +287,6 @@ class ShardLeases:
         self._acting = frozenset()
         for e in self.electors:
             await e.release()
-        if self.on_change is not None and self._held:
-            self._held = 0
+        if self.on_change is not None and self._state[0]:
+            self._state = (frozenset(), self._blocked)
             self.on_change(0)
