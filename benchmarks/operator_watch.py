@@ -7,7 +7,8 @@ another shard waits without querying or writing (harmony_operator.sharding). Thi
 (`python -m harmony_operator --shards 2 --shard 0`, kopf and all) against an HTTP Kubernetes API on loopback
 that lists N HarmonyAutoscalers and shows the pod's shard Lease held by another pod that keeps renewing it, so
 the pod owns nothing and every daemon stays idle. It waits until the pod's own /metrics report N daemons
-(`harmony_operator_resources`), lets it settle, and reads its resident memory and CPU time. The first count
+(`harmony_operator_resources`), lets it settle for 10 s, then reads its resident memory and its CPU time
+over the next 10 s. The first count
 is the baseline: the difference per resource is the idle cost, which the sharded figures of
 `benchmarks.operator_scale --shards` (the cost of the resources a shard owns) leave out.
 """
@@ -265,6 +266,7 @@ async def measure(n: int, tmp: Path) -> dict[str, float]:
                 raise SystemExit(f"{n} daemons did not start within 10 minutes")
             await asyncio.sleep(0.5)
         ready = time.perf_counter() - start
+        await asyncio.sleep(SETTLE_S)  # kopf's own start-up work (finalizers, first handler calls) first
         cpu0 = _cpu_s(proc.pid)
         await asyncio.sleep(SETTLE_S)
         if proc.returncode is not None:
