@@ -151,6 +151,9 @@ class ScalingConfig:
     max_scale_down_step: int | None = None
     fallback_target_utilization: float = 0.7
     fallback_margin: float = 0.1
+    # HARMONY hands its decisions to the reactive rule while its forecasts prove miscalibrated beyond repair
+    # (docs/decision.md); false keeps deciding on the draws, which can violate less after a regime change.
+    fallback_on_miscalibration: bool = True
 
 
 @dataclass(frozen=True)

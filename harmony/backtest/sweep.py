@@ -246,6 +246,7 @@ def build_policy(knobs: Knobs, data: SeriesData, settings: Settings) -> Policy:
             max_scale_down_step=sc.max_scale_down_step,
             fallback_target_utilization=sc.fallback_target_utilization,
             fallback_margin=sc.fallback_margin,
+            fallback_on_miscalibration=sc.fallback_on_miscalibration,
             forgetting=float(knobs.get("forgetting", 0.995)),
             lead_steps=settings.lead_time,
         )

@@ -261,6 +261,11 @@ def _write(tmp_path: Path, body: dict[str, object], name: str = "bt.yaml") -> Pa
         ),
         ({"tuning": {"passes": 0}}, [], r"tuning\.passes: expected an integer >= 1, got 0"),
         (
+            {"scaling": {"fallback_on_miscalibration": "no"}},
+            [],
+            r"scaling\.fallback_on_miscalibration: expected true or false, got 'no' \(str\)",
+        ),
+        (
             {},
             ["scaling.max_replicas=0"],
             r"scaling\.max_replicas: expected .* \(from --set scaling\.max_replicas=0\)",

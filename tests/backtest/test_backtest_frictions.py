@@ -366,11 +366,14 @@ def test_a_tighter_eps_than_the_draws_deliver_hands_decisions_to_the_miscalibrat
     assert not isinstance(data, str)
     draws = forecast_draws(model, trace, [data], settings)[sid]
     caps = np.array(list(REQUEST_CAPACITIES.values()))
+    # (scaling.fallback_on_miscalibration: false in a backtest config builds exactly that decider.)
+    off = dataclasses.replace(
+        settings, scaling=dataclasses.replace(settings.scaling, fallback_on_miscalibration=False)
+    )
     for eps in TIGHT:
-        decider = build_policy(knobs(eps), data, settings)
-        assert isinstance(decider, Decider)
-        kept = Decider(dataclasses.replace(decider.config, fallback_on_miscalibration=False))
-        rep = replay(kept, data, draws, settings)
+        kept = build_policy(knobs(eps), data, off)
+        assert isinstance(kept, Decider) and kept.config.fallback_on_miscalibration is False
+        rep = replay(kept, data, draws, off)
         violated = (data.demand[data.scored] > caps * rep.at(data.scored)[:, None]).any(axis=1)
         assert (rep.fallbacks, int(violated.sum())) == (0, 8)
 
