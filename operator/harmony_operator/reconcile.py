@@ -31,12 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import logging
 import math
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,11 +43,21 @@ import numpy as np
 from numpy.typing import NDArray
 
 from harmony.data.windows import MAX_MISSING_FRACTION, STALE_STEPS
-from harmony.decision import Decider, Decision, DecisionConfig
+from harmony.decision import Decider, DecisionConfig
 from harmony_operator.batching import BatchSampler
+from harmony_operator.conflicts import ConflictFinder
 from harmony_operator.kube import ApiError, KubeClient, NotFound, NotLeader, retrying
 from harmony_operator.metrics import OperatorMetrics
 from harmony_operator.models import LoadedModel, ModelCache, ModelError, check_indicators
+from harmony_operator.outcome import (
+    MEMORY_KEYS,
+    STATUS_QUANTILES,
+    Conditions,
+    Event,
+    Outcome,
+    carry_memory,
+    iso_time,
+)
 from harmony_operator.prometheus import History, MetricsError, PrometheusClient
 from harmony_operator.queryguard import QueryNotAllowed, check_query
 from harmony_operator.spec import AutoscalerSpec, SpecError, parse_spec
@@ -56,42 +65,6 @@ from harmony_operator.spec import AutoscalerSpec, SpecError, parse_spec
 __all__ = ["MEMORY_KEYS", "Event", "Outcome", "Reconciler", "ReconcilerSettings", "carry_memory"]
 
 log = logging.getLogger(__name__)
-
-CONDITIONS = ("Ready", "MetricsAvailable", "ModelLoaded", "ForecastCalibrated", "ScalingActive")
-# What a reconcile that ends early (or fails) must not erase from status: the decision module's memory.
-MEMORY_KEYS = ("state", "calibration", "lastScaleTime", "health")
-
-
-def carry_memory(status: dict[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
-    """`status` with every memory key it does not set taken from the previous status."""
-    for key in MEMORY_KEYS:
-        if status.get(key) is None and old.get(key) is not None:
-            status[key] = old[key]
-    return status
-
-
-STATUS_QUANTILES = (0.5, 0.9, 0.99)
-
-
-def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # "Normal" | "Warning"
-    reason: str
-    message: str
-
-
-@dataclass
-class Outcome:
-    """What one reconcile produced: the status to write, the events to post, when to come back."""
-
-    status: dict[str, Any]
-    events: list[Event]
-    next_in_s: float
-    decision: Decision | None = None
 
 
 @dataclass(frozen=True)
@@ -128,46 +101,6 @@ class _Memory:
     failures: int = 0
     last_warning: dict[str, str] = field(default_factory=dict)
     last_desired: int | None = None  # what shadow mode would have set: its outcomes are judged against it
-
-
-class _Conditions:
-    def __init__(self, existing: Sequence[Mapping[str, Any]] | None, now: float, generation: int | None):
-        self._old = {c.get("type"): dict(c) for c in existing or [] if isinstance(c, Mapping)}
-        self._new: dict[str, dict[str, Any]] = {}
-        self._now = now
-        self._generation = generation
-
-    def set(self, type_: str, status: bool | None, reason: str, message: str) -> None:
-        s = "Unknown" if status is None else ("True" if status else "False")
-        old = self._old.get(type_)
-        changed = old is None or old.get("status") != s
-        cond: dict[str, Any] = {
-            "type": type_,
-            "status": s,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": _iso(self._now)
-            if changed or old is None
-            else old.get("lastTransitionTime", _iso(self._now)),
-        }
-        if self._generation is not None:
-            cond["observedGeneration"] = self._generation
-        self._new[type_] = cond
-
-    def render(self) -> list[dict[str, Any]]:
-        out = []
-        for t in CONDITIONS:
-            c = self._new.get(t) or self._old.get(t)
-            if c is None:
-                c = {
-                    "type": t,
-                    "status": "Unknown",
-                    "reason": "Pending",
-                    "message": "not evaluated yet",
-                    "lastTransitionTime": _iso(self._now),
-                }
-            out.append(c)
-        return out
 
 
 def window_steps(model: LoadedModel, lead_time_s: float, interval_s: float) -> list[int]:
@@ -212,9 +145,8 @@ class Reconciler:
         self.clock = clock
         self.api = (group, version, plural)
         self._memory: dict[tuple[str, str], _Memory] = {}
-        self._autoscalers: dict[str, tuple[float, list[tuple[str, dict[str, Any]]]]] = {}
         self._servers: dict[str, PrometheusClient] = {}
-        self._listing: dict[str, asyncio.Lock] = {}
+        self.conflicts = ConflictFinder(kube, self.api, self.settings.conflict_cache_s)
 
     def forget(self, namespace: str, name: str) -> None:
         self._memory.pop((namespace, name), None)
@@ -254,9 +186,9 @@ class Reconciler:
     ) -> Outcome:
         now = self.clock()
         mem = self._memory.setdefault((namespace, name), _Memory())
-        conds = _Conditions(old.get("conditions"), now, generation)
+        conds = Conditions(old.get("conditions"), now, generation)
         events: list[Event] = []
-        status: dict[str, Any] = {"lastDecisionTime": _iso(now)}
+        status: dict[str, Any] = {"lastDecisionTime": iso_time(now)}
         if generation is not None:
             status["observedGeneration"] = generation
         labels = (namespace, name)
@@ -329,7 +261,7 @@ class Reconciler:
         self.metrics.current.labels(*labels).set(current)
 
         # Shadow mode runs beside the autoscaler in charge by design: only a resource that scales checks.
-        conflicts = await self._conflicts(namespace, name, spec) if spec.apply and not paused else []
+        conflicts = await self.conflicts.find(namespace, name, spec) if spec.apply and not paused else []
 
         # 3. the model -------------------------------------------------------------------------------------
         model: LoadedModel | None = None
@@ -354,7 +286,7 @@ class Reconciler:
                 status["model"] = {
                     "uri": model.uri,
                     "version": model.version,
-                    "loadedAt": _iso(model.loaded_at),
+                    "loadedAt": iso_time(model.loaded_at),
                 }
             if self.models.loads > loads_before:
                 self.metrics.model_loads.inc(self.models.loads - loads_before)
@@ -530,7 +462,7 @@ class Reconciler:
                     self.metrics.scale_patches.labels(*labels, "error").inc()
                     transient = True
                 else:
-                    status["lastScaleTime"] = _iso(now)
+                    status["lastScaleTime"] = iso_time(now)
                     status["currentReplicas"] = desired
                     self.metrics.scale_patches.labels(*labels, "success").inc()
                     events.append(
@@ -619,13 +551,13 @@ class Reconciler:
         now = self.clock()
         old = dict(status_raw or {})
         mem = self._memory.setdefault((namespace, name), _Memory())
-        conds = _Conditions(old.get("conditions"), now, generation)
+        conds = Conditions(old.get("conditions"), now, generation)
         message = f"{type(exc).__name__}: {exc}"[:500]
         conds.set("Ready", False, "InternalError", message)
         conds.set(
             "ScalingActive", None, "InternalError", "no decision this interval; replicas left as they are"
         )
-        status: dict[str, Any] = {"lastDecisionTime": _iso(now), "conditions": conds.render()}
+        status: dict[str, Any] = {"lastDecisionTime": iso_time(now), "conditions": conds.render()}
         for key in ("currentReplicas", "desiredReplicas"):
             if old.get(key) is not None:
                 status[key] = old[key]
@@ -662,90 +594,6 @@ class Reconciler:
             timeout = self.prometheus.timeout.total or 10.0
             client = self._servers[url] = PrometheusClient(url, self.prometheus.session, timeout_s=timeout)
         return client
-
-    # another autoscaler on the same target ---------------------------------------------------------------
-    _AUTOSCALER_KINDS = (
-        ("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
-        ("keda.sh/v1alpha1", "scaledobjects", "ScaledObject"),
-    )
-
-    async def _listed(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
-        """(kind, object) of every autoscaler in `namespace`, reused for `conflict_cache_s`; concurrent
-        reconciles in one namespace share one listing (no thundering herd when all daemons align)."""
-        cached = self._autoscalers.get(namespace)
-        if cached is not None and time.monotonic() - cached[0] < self.settings.conflict_cache_s:
-            return cached[1]
-        lock = self._listing.setdefault(namespace, asyncio.Lock())
-        async with lock:
-            cached = self._autoscalers.get(namespace)
-            if cached is not None and time.monotonic() - cached[0] < self.settings.conflict_cache_s:
-                return cached[1]
-            found = await self._list_autoscalers(namespace)
-            self._autoscalers[namespace] = (time.monotonic(), found)
-            return found
-
-    async def _list_autoscalers(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
-        group, version, plural = self.api
-        found: list[tuple[str, dict[str, Any]]] = []
-        for api_version, kind_plural, kind in (
-            *self._AUTOSCALER_KINDS,
-            (f"{group}/{version}", plural, "HarmonyAutoscaler"),
-        ):
-            try:
-                items = await self.kube.list_objects(api_version, kind_plural, namespace)
-            except NotFound:
-                items = []  # that kind is not installed (e.g. no KEDA)
-            found += [(kind, item) for item in items]
-        return found
-
-    async def _conflicts(self, namespace: str, name: str, spec: AutoscalerSpec) -> list[str]:
-        """Other autoscalers of this resource's target: HPAs, ScaledObjects, and HarmonyAutoscalers in mode
-        Apply, not paused, created before this one (of two on one target, the older keeps scaling). A failed
-        check is no conflict."""
-        try:
-            listed = await self._listed(namespace)
-        except ApiError as exc:
-            log.warning("%s/%s: could not look for other autoscalers: %s", namespace, name, exc)
-            return []
-
-        def same_target(ref: Any) -> bool:
-            if not isinstance(ref, Mapping):
-                return False
-            group = str(ref.get("apiVersion") or "apps/v1").split("/")[0]
-            return (
-                ref.get("name") == spec.target_name
-                and (ref.get("kind") or "Deployment") == spec.target_kind
-                and group == spec.target_api_version.split("/")[0]
-            )
-
-        def age(obj: Mapping[str, Any]) -> tuple[str, str]:
-            meta = obj.get("metadata") or {}
-            return (str(meta.get("creationTimestamp") or ""), str(meta.get("name") or ""))
-
-        own = next(
-            (
-                o
-                for k, o in listed
-                if k == "HarmonyAutoscaler" and (o.get("metadata") or {}).get("name") == name
-            ),
-            {"metadata": {"name": name, "creationTimestamp": "9999"}},
-        )
-        group = self.api[0]
-        out = []
-        for kind, obj in listed:
-            other = str((obj.get("metadata") or {}).get("name") or "")
-            if not same_target((obj.get("spec") or {}).get("scaleTargetRef")):
-                continue
-            if kind == "HarmonyAutoscaler" and (
-                other == name
-                or age(obj) > age(own)
-                or (obj.get("spec") or {}).get("mode", "Apply") != "Apply"  # shadow mode never scales
-                or str(((obj.get("metadata") or {}).get("annotations") or {}).get(f"{group}/paused")).lower()
-                == "true"
-            ):
-                continue
-            out.append(f"{kind} {other}")
-        return sorted(out)
 
     # helpers ------------------------------------------------------------------------------------------
     def _retry_in(self, mem: _Memory, interval_s: float, *, transient: bool) -> float:
@@ -791,7 +639,7 @@ class Reconciler:
         }
 
     @staticmethod
-    def _calibration_condition(conds: _Conditions, decider: Decider) -> None:
+    def _calibration_condition(conds: Conditions, decider: Decider) -> None:
         t = decider.tracker
         s = t.summary()
         if t.n_updates == 0:
