@@ -35,11 +35,11 @@ from harmony.training.config import (
 )
 
 if TYPE_CHECKING:
+    from harmony.training.errors import TrainError
     from harmony.training.evaluate import compare, compared_hparams, format_summary
     from harmony.training.train import (
         STATE_FILE,
         RunState,
-        TrainError,
         TrainResult,
         build_forecaster,
         comparable_config,
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "STATE_FILE": "train",
     "RunState": "train",
-    "TrainError": "train",
+    "TrainError": "errors",
     "TrainResult": "train",
     "build_forecaster": "train",
     "comparable_config": "train",

@@ -338,8 +338,8 @@ def score_trained(
 ) -> TrainedScore:
     """Score `forecaster` on the data of `config` (its data and evaluation sections) without training it."""
     import harmony.model.registry  # noqa: F401
+    from harmony.training.scoring import evaluate as evaluate_run
     from harmony.training.train import TrainError, load_data
-    from harmony.training.train import evaluate as evaluate_run
 
     _, trace, split, spec = load_data(config)
     if spec != forecaster.spec:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 import os
 import shutil
 import sys
@@ -39,53 +38,41 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-import pandas as pd
 import torch
-from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harmony import __version__
-from harmony.data.catalog import get_card, load
-from harmony.data.errors import DataError
-from harmony.data.spec import DatasetCard, load_card
 from harmony.data.trace import Trace
-from harmony.data.windows import Part, Split, WindowDataset, WindowSpec, chronological_split
-from harmony.metrics import (
-    coverage_key,
-    crps_samples,
-    energy_score,
-    interval_coverage,
-    mase,
-    pit,
-    pit_coverage,
-    summarize,
-    weighted_quantile_loss,
-)
+from harmony.data.windows import Split
 from harmony.model.base import FitReport, Forecaster, ForecastSpec
-from harmony.plots import FanPanel, calibration_chart, fan_chart
-from harmony.training.config import TrainConfig, resolve_card_path
-from harmony.training.windows import collect_windows
+from harmony.plots import calibration_chart, fan_chart
+from harmony.training.config import TrainConfig
+from harmony.training.dataset import load_data, split_json
+from harmony.training.errors import TrainError
+from harmony.training.scoring import evaluate
+from harmony.training.tracking import active_run, experiment_id, log_metrics, log_params, tracking_uri
+
+__all__ = [
+    "FORECASTER_DIR",
+    "LAUNCH_WAIT_S",
+    "STATE_FILE",
+    "RunState",
+    "TrainError",
+    "TrainResult",
+    "build_forecaster",
+    "comparable_config",
+    "load_data",
+    "torch_threads",
+    "tracking_uri",
+    "train",
+]
 
 STATE_FILE = "state.json"
 CHECKPOINTS = "checkpoints"
 FORECASTER_DIR = "forecaster"
 PLOTS_DIR = "plots"
 PYFUNC_NAME = "pyfunc_model"
-COVERAGE_CURVE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
-MAX_PARAM_LENGTH = 6000  # MLflow's limit for a parameter value
-
-
-class TrainError(DataError):
-    """A training run cannot start or go on; the message says why and what to do."""
-
-
-def tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else MLflow's embedded SQLite store `mlflow.db` in the working directory (made
-    absolute so that the state file points at the same store from anywhere)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    return env if env else f"sqlite:///{(Path.cwd() / 'mlflow.db').as_posix()}"
 
 
 @contextmanager
@@ -153,285 +140,6 @@ class TrainResult:
     fit: FitReport = field(default_factory=FitReport)
     resumed: bool = False
     primary: bool = True
-
-
-# --- data --------------------------------------------------------------------------------------------------
-
-
-def _card(config: TrainConfig) -> DatasetCard:
-    name = config.data.dataset
-    if name.endswith((".yaml", ".yml")):
-        return load_card(resolve_card_path(name, config.source))
-    return get_card(name)
-
-
-def load_data(config: TrainConfig) -> tuple[DatasetCard, Trace, Split, ForecastSpec]:
-    """The trace, its chronological split and the forecast spec a configuration asks for."""
-    d, m = config.data, config.model
-    card = _card(config)
-    trace = load(card, root=d.root, series=d.series, frequency=d.frequency, binning=d.binning)
-    split = chronological_split(trace, d.split, by=d.split_by)
-    spec = ForecastSpec.for_trace(
-        trace, lookback=m.lookback, horizon=m.horizon, lead_time=m.lead_time, targets=m.targets
-    )
-    window = WindowSpec(lookback=m.lookback, horizon=m.horizon, lead_time=m.lead_time)
-    for part in ("train", "test"):
-        n = len(WindowDataset(trace, split, part, window, indicators=list(spec.indicators)))
-        if n == 0:
-            raise TrainError(
-                f"no {part} windows: each series needs {window.span} consecutive points without gaps "
-                f"(model.lookback + model.lead_time + model.horizon) inside its {part} part"
-                + _gap_advice(trace, split, part, list(spec.indicators), window.span),
-                path=config.source,
-            )
-    return card, trace, split, spec
-
-
-def _gap_advice(trace: Trace, split: Split, part: str, indicators: list[str], span: int) -> str:
-    """Why the windows are missing and what fills them: the longest gap-free run of the part, the gaps that
-    cleaning left (runs of grid points longer than cleaning.max_fill_steps), and the setting that would
-    bridge them."""
-    longest, longest_sid, gaps = 0, "", []
-    for sid in trace.series_ids:
-        a, b, n = split.boundaries[sid]
-        lo, hi = {"train": (0, a), "val": (a, b), "test": (b, n)}[part]
-        ok = trace[sid][indicators].iloc[lo:hi].notna().all(axis=1).to_numpy()
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], ok.astype(np.int8), [0]))))
-        runs = edges[1::2] - edges[::2]  # gap-free runs
-        if runs.size and int(runs.max()) > longest:
-            longest, longest_sid = int(runs.max()), sid
-        holes = np.flatnonzero(np.diff(np.concatenate(([1], ok.astype(np.int8), [1]))))
-        gaps.extend((holes[1::2] - holes[::2]).tolist())  # missing runs
-    rules = trace.card.cleaning if trace.card is not None else None
-    step = trace.frequency
-    out = f"; the longest gap-free run is {longest} points" + (f" ({longest_sid})" if longest_sid else "")
-    if gaps:
-        out += (
-            f", between {len(gaps)} gap(s) of {min(gaps)} to {max(gaps)} missing points (median "
-            f"{int(np.median(gaps))}) that cleaning left unfilled"
-        )
-        if rules is not None:
-            out += (
-                f". cleaning.max_fill_steps (the dataset card's cleaning section; counted in grid steps of "
-                f"{step}, after any re-binning) is {rules.max_fill_steps}: gaps up to that many steps are "
-                f"filled by interpolation, so max_fill_steps: {max(gaps)} would fill them all"
-            )
-    return out + "; or shorten the window (model.lookback, model.horizon), or change data.split"
-
-
-def _split_json(trace: Trace, split: Split) -> dict[str, Any]:
-    out: dict[str, Any] = {"fractions": list(split.fractions), "by": split.by, "series": {}}
-    for sid, (a, b, n) in split.boundaries.items():
-        idx = trace[sid].index
-        out["series"][sid] = {
-            part: {"points": hi - lo, "start": str(idx[lo]) if hi > lo else None}
-            for part, (lo, hi) in {"train": (0, a), "val": (a, b), "test": (b, n)}.items()
-        }
-    return out
-
-
-# --- evaluation --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Evaluation:
-    """Test-split scores (mean over windows per series, then mean over series) and chart inputs."""
-
-    metrics: dict[str, float]
-    per_target: dict[str, dict[str, float]]
-    per_series: pd.DataFrame
-    pit: np.ndarray
-    coverage_curve: dict[str, dict[float, float]]
-    example: list[FanPanel]
-    example_title: str
-    n_windows: int
-
-
-def _summary(samples: np.ndarray, y: np.ndarray, *, energy: bool = True) -> dict[str, float]:
-    """summarize(); when one metric is undefined for this series (e.g. wql of an all-zero target), the
-    others are still reported and that one is left out."""
-    try:
-        out = summarize(samples, y)
-    except ValueError:
-        out = {"crps": float(np.nanmean(crps_samples(samples, y)))}
-        with suppress(ValueError):
-            out["wql"] = weighted_quantile_loss(samples, y)
-        for level, frac in interval_coverage(samples, y).items():
-            out[coverage_key(level)] = frac
-        for level, frac in pit_coverage(samples, y).items():
-            out["pit_" + coverage_key(level)] = frac
-        if energy:
-            out["energy"] = float(np.nanmean(energy_score(samples, y)))
-    if not energy:
-        out.pop("energy", None)
-    return out
-
-
-def _mase(draws: np.ndarray, y: np.ndarray, history: np.ndarray, season: int) -> float:
-    """Mean over windows of the MASE of the median draw, each window scaled by its own lookback; windows
-    whose lookback is flat (MASE undefined) are skipped."""
-    values = []
-    for w in range(y.shape[0]):
-        try:
-            values.append(mase(np.median(draws[w], axis=0), y[w], history[w], season))
-        except ValueError:
-            continue
-    return float(np.mean(values)) if values else math.nan
-
-
-def _mean_over(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys = sorted({k for r in rows for k in r})
-    out = {}
-    for k in keys:
-        vals = [r[k] for r in rows if k in r and math.isfinite(r[k])]
-        if vals:
-            out[k] = float(np.mean(vals))
-    return out
-
-
-def evaluate(
-    forecaster: Forecaster,
-    trace: Trace,
-    split: Split,
-    *,
-    num_samples: int,
-    max_windows_per_series: int,
-    seed: int,
-    part: Part = "test",
-) -> Evaluation:
-    """Score `num_samples` draws per test window, at most `max_windows_per_series` windows per series
-    chosen evenly over its test part (a bounded, deterministic cost); `part="val"` scores the validation
-    part instead."""
-    spec = forecaster.spec
-    tidx = spec.target_index
-    windows = collect_windows(trace, split, spec, max_windows_per_series, part)
-    per_day = max(1, round(86_400 / spec.frequency_s))
-    # Seasonal MASE needs a full day inside the lookback; otherwise the one-step naive scale.
-    season = per_day if spec.lookback > per_day else 1
-    # Targets come in different units (bytes next to percent): the all-target scores take each target
-    # divided by its mean absolute value over the training part of all series, so that no unit dominates.
-    # One scale per target, not per series: a nearly idle series would otherwise blow its errors up.
-    train_parts = [
-        trace[sid][list(spec.targets)].to_numpy(np.float64)[: split.boundaries[sid][0]]
-        for sid in windows.series
-    ]
-    scale = np.nanmean(np.abs(np.concatenate(train_parts)), axis=0)
-    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-    series_rows: list[dict[str, float]] = []
-    target_rows: dict[str, list[dict[str, float]]] = {t: [] for t in spec.targets}
-    curves: dict[str, list[dict[float, float]]] = {t: [] for t in (*spec.targets, "all")}
-    pits: list[np.ndarray] = []
-    example: list[FanPanel] = []
-    example_title = ""
-    n_windows = 0
-    for k, sid in enumerate(windows.series):
-        past = windows.history[sid]  # [W, L, N]
-        y = windows.actual[sid].astype(np.float64)  # [W, H, T]
-        anchors = windows.anchors[sid]
-        index = trace[sid].index
-        last = windows.last_time[sid]
-        draws = forecaster.sample(past, num_samples, last, seed=seed + k).astype(np.float64)  # [W, n, H, T]
-        if not np.isfinite(draws).all():
-            raise TrainError(
-                f"the forecaster produced non-finite draws on the test windows of series {sid!r}"
-            )
-        s = draws.transpose(1, 0, 2, 3)  # [n, W, H, T]: samples first, as harmony.metrics expects
-        hist = past[..., tidx].astype(np.float64)
-        row = _summary(s / scale, y / scale)
-        row["mase"] = _mase(draws, y, hist, season)
-        row["windows"] = float(anchors.size)
-        series_rows.append({"series": k, **row})
-        for j, t in enumerate(spec.targets):
-            trow = _summary(s[..., j], y[..., j], energy=False)
-            trow["mase"] = _mase(draws[..., j], y[..., j], hist[..., j], season)
-            target_rows[t].append(trow)
-            curves[t].append(interval_coverage(s[..., j], y[..., j], COVERAGE_CURVE))
-        curves["all"].append(interval_coverage(s, y, COVERAGE_CURVE))
-        pits.append(pit(s, y, rng=np.random.default_rng(seed + k)).ravel())
-        n_windows += int(anchors.size)
-        if not example:
-            w = anchors.size // 2
-            t0 = int(anchors[w])
-            hist_times = pd.DatetimeIndex(index[t0 - spec.lookback + 1 : t0 + 1])
-            fut_times = pd.DatetimeIndex(
-                index[t0 + spec.lead_time + 1 : t0 + spec.lead_time + spec.horizon + 1]
-            )
-            for j, t in enumerate(spec.targets):
-                example.append(
-                    FanPanel(
-                        name=t,
-                        unit=trace.indicator(t).unit,
-                        history_times=hist_times,
-                        history=hist[w, :, j],
-                        future_times=fut_times,
-                        actual=y[w, :, j],
-                        samples=draws[w, :, :, j],
-                    )
-                )
-            example_title = (
-                f"{trace.name} / {sid}: test window ending {index[t0]}, lead {spec.lead_time}, "
-                f"{num_samples} draws"
-            )
-    if not series_rows:
-        raise TrainError(f"no {part} windows to evaluate")
-    per_series = pd.DataFrame(series_rows)
-    per_series["series"] = [windows.series[int(k)] for k in per_series["series"]]
-    metrics = _mean_over(
-        [{k: v for k, v in r.items() if k not in ("series", "windows")} for r in series_rows]
-    )
-    per_target = {t: _mean_over(r) for t, r in target_rows.items()}
-    curve = {
-        name: {lv: float(np.mean([c[lv] for c in cs])) for lv in COVERAGE_CURVE}
-        for name, cs in curves.items()
-        if cs
-    }
-    return Evaluation(
-        metrics=metrics,
-        per_target=per_target,
-        per_series=per_series.set_index("series"),
-        pit=np.concatenate(pits),
-        coverage_curve=curve,
-        example=example,
-        example_title=example_title,
-        n_windows=n_windows,
-    )
-
-
-# --- MLflow helpers ----------------------------------------------------------------------------------------
-
-
-def _experiment_id(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None and exp.lifecycle_stage != "deleted":
-        return str(exp.experiment_id)
-    if exp is not None:
-        raise TrainError(
-            f"MLflow experiment {name!r} is deleted; restore it or choose another tracking.experiment"
-        )
-    return str(client.create_experiment(name))
-
-
-def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
-    """Log params not yet on the run (a resumed run already has them; MLflow refuses to change one)."""
-    have = client.get_run(run_id).data.params
-    todo = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in have]
-    for i in range(0, len(todo), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=todo[i : i + 100])
-
-
-def _log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-    now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
-    for i in range(0, len(batch), 1000):
-        client.log_batch(run_id, metrics=batch[i : i + 1000])
-
-
-@contextmanager
-def _active_run(run_id: str) -> Iterator[None]:
-    """The fluent API (pyfunc.log_model) logs to the active run; make it ours, nested under a caller's
-    active run if there is one."""
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        yield
 
 
 def _rank() -> int:
@@ -652,7 +360,7 @@ def _train(
         for stale in (checkpoints, out / FORECASTER_DIR, out / PLOTS_DIR):
             shutil.rmtree(stale, ignore_errors=True)
         client = MlflowClient(uri)
-        exp_id = _experiment_id(client, config.tracking.experiment)
+        exp_id = experiment_id(client, config.tracking.experiment)
         run = client.create_run(exp_id, run_name=config.run_name, tags={"harmony.version": __version__})
         state = RunState(run.info.run_id, exp_id, uri, config.to_dict())
         state.save(state_path)
@@ -733,7 +441,7 @@ def _run(
             "data.n_series": str(len(trace.series_ids)),
         }
     )
-    _log_params(client, run_id, params)
+    log_params(client, run_id, params)
     tags = {
         "harmony.output_dir": str(out),
         "harmony.config_file": str(config.source) if config.source else "",
@@ -756,7 +464,7 @@ def _run(
         if card.path is not None:
             shutil.copyfile(card.path, d / "data" / "card.yaml")
         split.describe(trace).to_csv(d / "data" / "split.csv")
-        (d / "data" / "split.json").write_text(json.dumps(_split_json(trace, split), indent=2))
+        (d / "data" / "split.json").write_text(json.dumps(split_json(trace, split), indent=2))
         client.log_artifacts(run_id, str(d / "data"), "data")
 
     # -- fit (or, after a kill past the fit, take the saved forecaster) ----------------------------------
@@ -789,7 +497,7 @@ def _run(
         fit_metrics["best_val_loss"] = report.best_val_loss
     if report.best_epoch is not None:
         fit_metrics["best_epoch"] = float(report.best_epoch)
-    _log_metrics(client, run_id, fit_metrics)
+    log_metrics(client, run_id, fit_metrics)
 
     # -- test metrics and charts -------------------------------------------------------------------------
     ev = evaluate(
@@ -804,7 +512,7 @@ def _run(
     for t, m in ev.per_target.items():
         metrics.update({f"test/{t}/{k}": v for k, v in m.items()})
     metrics["test/windows"] = float(ev.n_windows)
-    _log_metrics(client, run_id, metrics)
+    log_metrics(client, run_id, metrics)
     plots_dir = out / PLOTS_DIR
     plots = {
         "fan_chart": fan_chart(plots_dir / "fan_chart.png", ev.example, title=ev.example_title),
@@ -824,7 +532,7 @@ def _run(
     # -- the pyfunc model (from code; its state is the forecaster/ folder) and its registration ---------
     from harmony.model import mlflow_model
 
-    with _active_run(run_id), warnings.catch_warnings():
+    with active_run(run_id), warnings.catch_warnings():
         # The signature is given explicitly; an input example would only repeat it.
         warnings.filterwarnings("ignore", message=r".*input example was not provided.*")
         info = mlflow.pyfunc.log_model(
