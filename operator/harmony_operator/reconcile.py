@@ -21,32 +21,37 @@ benchmark and tests alike. Every fault ends in a defined state (docs/operator.md
                             Ready=False/ConflictingAutoscaler, Warning event; decides but never scales
 
 Whatever the early exit, the decision memory in status (`state`, `calibration`, `lastScaleTime`) is carried
-over, so a transient API error or a target missing for a while does not erase what was learnt.
-
-No path sets fewer than minReplicas (>= 1) replicas: the decision clips, and `_safe` clips again.
+over, so a transient API error or a target missing for a while does not erase what was learnt. No path sets
+fewer than minReplicas (>= 1) replicas: the decision clips, and `_safe` clips again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from harmony.data.windows import MAX_MISSING_FRACTION, STALE_STEPS
-from harmony.decision import Decider, DecisionConfig
 from harmony_operator.batching import BatchSampler
 from harmony_operator.conflicts import ConflictFinder
 from harmony_operator.kube import ApiError, KubeClient, NotFound, NotLeader, retrying
+from harmony_operator.memory import (
+    Memory,
+    calibration_condition,
+    calibration_status,
+    decider_for,
+    remember_forecast,
+    score_pending,
+)
 from harmony_operator.metrics import OperatorMetrics
 from harmony_operator.models import LoadedModel, ModelCache, ModelError, check_indicators
 from harmony_operator.outcome import (
@@ -90,19 +95,6 @@ class ReconcilerSettings:
     query_namespace_label: str | None = None
 
 
-@dataclass
-class _Memory:
-    """What the operator keeps per resource between reconciles (the decider's part also goes to status)."""
-
-    decider: Decider | None = None
-    decision_config: DecisionConfig | None = None
-    last_observed: float = -math.inf  # time of the newest sample already fed to the tracker
-    pending: tuple[float, dict[str, float]] | None = None  # (time, median forecast) to score later
-    failures: int = 0
-    last_warning: dict[str, str] = field(default_factory=dict)
-    last_desired: int | None = None  # what shadow mode would have set: its outcomes are judged against it
-
-
 def window_steps(model: LoadedModel, lead_time_s: float, interval_s: float) -> list[int]:
     """Horizon indices whose target times fall in (now + leadTime, now + leadTime + interval].
 
@@ -144,7 +136,7 @@ class Reconciler:
         self.settings = settings or ReconcilerSettings()
         self.clock = clock
         self.api = (group, version, plural)
-        self._memory: dict[tuple[str, str], _Memory] = {}
+        self._memory: dict[tuple[str, str], Memory] = {}
         self._servers: dict[str, PrometheusClient] = {}
         self.conflicts = ConflictFinder(kube, self.api, self.settings.conflict_cache_s)
 
@@ -185,7 +177,7 @@ class Reconciler:
         paused: bool = False,
     ) -> Outcome:
         now = self.clock()
-        mem = self._memory.setdefault((namespace, name), _Memory())
+        mem = self._memory.setdefault((namespace, name), Memory())
         conds = Conditions(old.get("conditions"), now, generation)
         events: list[Event] = []
         status: dict[str, Any] = {"lastDecisionTime": iso_time(now)}
@@ -295,7 +287,7 @@ class Reconciler:
         window = window_steps(model, spec.lead_time_s, spec.interval_s) if model is not None else None
         lead_steps = (model.forecaster.spec.lead_time + window[0]) if model is not None and window else 0
         dconfig = spec.decision_config(lead_steps=lead_steps)
-        decider = self._decider(mem, dconfig, old.get("state"))
+        decider = decider_for(mem, dconfig, old.get("state"))
         future = [t for t, _ in decider.stabilizer.state_dict() + decider.stabilizer.rate_state() if t > now]
         if future:
             # Written by a leader whose clock ran ahead: those entries would stall the stabiliser ("time went
@@ -365,7 +357,7 @@ class Reconciler:
             if newest > mem.last_observed and mem.last_observed > -math.inf:
                 decider.observe({k: latest[k] for k in spec.capacities}, acting)
             mem.last_observed = max(mem.last_observed, newest)
-            self._score_pending(mem, history, labels)
+            score_pending(mem, history, self.metrics, labels)
 
         # 7. decide ----------------------------------------------------------------------------------------
         draws: NDArray[np.float64] | None = None
@@ -398,7 +390,7 @@ class Reconciler:
             decision = decider.decide(
                 draws, list(model.forecaster.spec.targets), acting, now, current_demand=latest
             )
-            self._remember_forecast(mem, model, draws, window or [0], history)
+            remember_forecast(mem, model, draws, window or [0], history)
         else:
             why = metrics_problem or model_problem or "no forecast"
             decision = decider.decide(None, [], acting, now, current_demand=latest, fallback_reason=why)
@@ -519,8 +511,8 @@ class Reconciler:
                 {"name": n, "p50": float(qs[0, k]), "p90": float(qs[1, k]), "p99": float(qs[2, k])}
                 for k, n in enumerate(model.forecaster.spec.targets)
             ]
-        status["calibration"] = self._calibration(decider)
-        self._calibration_condition(conds, decider)
+        status["calibration"] = calibration_status(decider)
+        calibration_condition(conds, decider)
         self.metrics.desired.labels(*labels).set(desired)
 
         if not conflicts:
@@ -550,7 +542,7 @@ class Reconciler:
         error changes, the decision memory kept, and the next try sooner (back-off capped at the interval)."""
         now = self.clock()
         old = dict(status_raw or {})
-        mem = self._memory.setdefault((namespace, name), _Memory())
+        mem = self._memory.setdefault((namespace, name), Memory())
         conds = Conditions(old.get("conditions"), now, generation)
         message = f"{type(exc).__name__}: {exc}"[:500]
         conds.set("Ready", False, "InternalError", message)
@@ -596,7 +588,7 @@ class Reconciler:
         return client
 
     # helpers ------------------------------------------------------------------------------------------
-    def _retry_in(self, mem: _Memory, interval_s: float, *, transient: bool) -> float:
+    def _retry_in(self, mem: Memory, interval_s: float, *, transient: bool) -> float:
         if not transient:
             mem.failures = 0
             return interval_s
@@ -606,88 +598,3 @@ class Reconciler:
     @staticmethod
     def _safe(replicas: int, spec: AutoscalerSpec) -> int:
         return int(min(max(replicas, spec.min_replicas, 1), spec.max_replicas))
-
-    @staticmethod
-    def _decider(mem: _Memory, config: DecisionConfig, saved: Any) -> Decider:
-        if mem.decider is not None and mem.decision_config == config:
-            return mem.decider
-        decider = Decider(config)
-        if mem.decider is not None:
-            # Settings changed: keep what was learnt about calibration and the stabilisation window.
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                decider.load_state_dict(mem.decider.state_dict())
-        elif isinstance(saved, Mapping):
-            try:
-                decider.load_state_dict(saved)
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("ignoring unreadable saved decision state: %s", exc)
-        mem.decider, mem.decision_config = decider, config
-        return decider
-
-    @staticmethod
-    def _calibration(decider: Decider) -> dict[str, Any]:
-        s = decider.tracker.summary()
-        return {
-            "alpha": round(s["alpha"], 6),
-            "beta": round(s["beta"], 6),
-            "mean": round(s["mean"], 6),
-            "lower": round(s["credible_low"], 6),
-            "upper": round(s["credible_high"], 6),
-            "workingQuantile": round(s["working_quantile"], 6),
-            "observations": round(s["effective_observations"], 3),
-            "miscalibrated": bool(decider.tracker.miscalibrated),
-        }
-
-    @staticmethod
-    def _calibration_condition(conds: Conditions, decider: Decider) -> None:
-        t = decider.tracker
-        s = t.summary()
-        if t.n_updates == 0:
-            conds.set(
-                "ForecastCalibrated", None, "Collecting", "no realised outcome of a forecast decision yet"
-            )
-        elif t.miscalibrated:
-            conds.set(
-                "ForecastCalibrated",
-                False,
-                "Miscalibrated",
-                f"realised violation rate ~{s['mean']:.2%} is credibly above the target {t.target:.2%}",
-            )
-        else:
-            conds.set(
-                "ForecastCalibrated",
-                True,
-                "Calibrated",
-                f"violation rate ~{s['mean']:.2%} (90% credible {s['credible_low']:.2%}"
-                f"-{s['credible_high']:.2%}); working quantile {s['working_quantile']:.4f}",
-            )
-
-    @staticmethod
-    def _remember_forecast(
-        mem: _Memory,
-        model: LoadedModel,
-        draws: NDArray[np.float64],
-        window: list[int],
-        history: History | None,
-    ) -> None:
-        if history is None:
-            return
-        fspec = model.forecaster.spec
-        t = float(history.times[-1]) + (fspec.lead_time + window[0] + 1) * fspec.frequency_s
-        med = np.median(draws[:, 0, :], axis=0)
-        mem.pending = (t, {n: float(med[k]) for k, n in enumerate(fspec.targets)})
-
-    def _score_pending(self, mem: _Memory, history: History, labels: tuple[str, str]) -> None:
-        if mem.pending is None:
-            return
-        t, med = mem.pending
-        hits = np.flatnonzero(np.isclose(history.times, t))
-        if hits.size == 0:
-            return
-        row = history.values[hits[0]]
-        for n, m in med.items():
-            if n in history.names:
-                realised = float(row[history.names.index(n)])
-                if realised > 0:
-                    self.metrics.forecast_error.labels(*labels).observe(abs(realised - m) / realised)
-        mem.pending = None
