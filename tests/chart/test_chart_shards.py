@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from chart_helpers import NAMESPACE, Helm, HelmFailed, find, only, values_with
+from chart_helpers import CHART, NAMESPACE, RELEASE, Helm, HelmFailed, find, only, values_with
 from harmony_operator.sharding import lease_name
 from test_chart_rbac import lease_rules, roles  # type: ignore[import-not-found]
 
@@ -59,3 +59,18 @@ def test_one_shard_keeps_the_unsharded_deployment(helm: Helm) -> None:
 def test_bad_shard_settings_fail_the_install(helm: Helm, values: dict[str, object], message: str) -> None:
     with pytest.raises(HelmFailed, match=message):
         helm.template(values)
+
+
+def test_notes_name_every_shard(helm4: Helm) -> None:
+    # NOTES.txt is rendered by install only; helm 4 dry-runs an install without a cluster.
+    values = helm4.values_file(values_with(shards=2))
+    result = helm4.run(
+        "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", str(values)
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "splits them over 2 shards, one Deployment and one Lease each" in notes
+    assert f"(harmony-operator-<i>-of-2 in {NAMESPACE})" in notes
+    for i in range(2):
+        assert f"rollout status deployment/harmony-operator-shard-{i}" in notes
+    assert "get leases -l harmony.dev/lease-group=harmony-operator" in notes
