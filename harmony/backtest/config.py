@@ -11,6 +11,7 @@ the knobs").
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 from collections.abc import Mapping, Sequence
@@ -50,7 +51,6 @@ from harmony.training.config import (
     apply_overrides,
     build_section,
     config_from_dict,
-    load_config,
     read_yaml,
     resolve_card_path,
 )
@@ -114,6 +114,13 @@ def load_backtest_config(path: str | Path, overrides: Sequence[str] = ()) -> Bac
 
 def _load(p: Path, overrides: Sequence[str], chain: tuple[Path, ...]) -> BacktestConfig:
     merged, base_path = _raw_sections(p, chain)
+    return _build(p, merged, base_path, overrides)
+
+
+def _build(
+    p: Path, merged: dict[str, Any], base_path: Path | None, overrides: Sequence[str]
+) -> BacktestConfig:
+    """The typed, checked configuration of file `p` from its merged sections."""
     train_sets = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in TRAINING_SECTIONS]
     own_sets = [o for o in overrides if o not in train_sets]
     train = config_from_dict(
@@ -144,10 +151,12 @@ def _load(p: Path, overrides: Sequence[str], chain: tuple[Path, ...]) -> Backtes
 _NOT_INHERITED = ("run_name", "output_dir")
 
 
-def _raw_sections(p: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], Path | None]:
+def _raw_sections(
+    p: Path, chain: tuple[Path, ...], raw: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], Path | None]:
     """The file's sections on top of its `base:` (a training config, or another backtest config whose own
-    base is resolved the same way), unvalidated; and the base's path."""
-    raw = read_yaml(p)
+    base is resolved the same way), unvalidated; and the base's path. `raw`: the file, when already read."""
+    raw = read_yaml(p) if raw is None else raw
     for k in raw:
         if k not in TOP_LEVEL:
             close = difflib.get_close_matches(str(k), TOP_LEVEL, n=1)
@@ -164,13 +173,14 @@ def _raw_sections(p: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], Pat
         raise ConfigError(f"base: {raw['base']} leads back to this file (a cycle of bases)", path=p)
     base_raw = read_yaml(base_path)
     if "base" in base_raw or any(k in base_raw for k in BACKTEST_SECTIONS):
-        _load(base_path, (), (*chain, p.resolve()))  # the base must be valid on its own; its errors name it
-        merged, _ = _raw_sections(base_path, (*chain, p.resolve()))
+        merged, base_base = _raw_sections(base_path, (*chain, p.resolve()), base_raw)
+        # The base must be valid on its own (its errors name it), from what was read once.
+        _build(base_path, copy.deepcopy(merged), base_base, ())
         report = merged.get("report")
         if isinstance(report, dict):
             merged["report"] = {k: v for k, v in report.items() if k not in _NOT_INHERITED}
     else:
-        load_config(base_path)  # the base must be valid on its own; its errors name it
+        config_from_dict(base_raw, source=base_path)  # the base must be valid on its own; errors name it
         # A card path in the base is relative to the base's folder: pin it before this file's folder counts.
         data = base_raw.get("data")
         dataset = data.get("dataset") if isinstance(data, dict) else None

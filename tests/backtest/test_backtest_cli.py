@@ -377,3 +377,29 @@ def test_the_gpu_cold_start_variants_share_the_base_model() -> None:
         assert cfg.backtest.lead_time == minutes
         assert cfg.forecaster.model_dir == str(base.output_dir / "model")
         assert cfg.train == base.train and cfg.policies == base.policies
+
+
+def test_each_file_of_a_chain_of_bases_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import harmony.backtest.config as config_module
+
+    reads: list[Path] = []
+    real = config_module.read_yaml
+
+    def counting(path: Path) -> dict[str, object]:
+        reads.append(Path(path).resolve())
+        return real(path)
+
+    monkeypatch.setattr(config_module, "read_yaml", counting)
+    cfg = load_backtest_config(ROOT / "configs" / "backtest" / "alibaba_gentd26_lead3.yaml")
+    # The variant, its backtest base and that one's training base: each read once, and each checked.
+    assert sorted(reads) == sorted(
+        {
+            (ROOT / "configs" / "backtest" / "alibaba_gentd26_lead3.yaml").resolve(),
+            (ROOT / "configs" / "backtest" / "alibaba_gentd26.yaml").resolve(),
+            (ROOT / "configs" / "alibaba_gentd26.yaml").resolve(),
+        }
+    )
+    assert (
+        cfg.base is not None
+        and cfg.base.resolve() == (ROOT / "configs/backtest/alibaba_gentd26.yaml").resolve()
+    )
