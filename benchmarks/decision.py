@@ -77,7 +77,7 @@ def forecast_quality(cfg: BacktestConfig) -> dict[str, float]:
     """The backtest's trained forecaster on the test part against seasonal naive, over the demand
     indicators the decisions read."""
     from harmony import metrics
-    from harmony.backtest.config import capacities_of, card_of
+    from harmony.backtest.checks import capacities_of, card_of
     from harmony.model.base import Forecaster
     from harmony.model.seasonal_naive import SeasonalNaiveForecaster
     from harmony.training.evaluate import evaluate

@@ -29,7 +29,7 @@ from harmony.backtest import (
     StaticSweep,
     run_backtest,
 )
-from harmony.backtest.config import capacities_of
+from harmony.backtest.checks import capacities_of
 from harmony.backtest.executor import LocalExecutor, RayExecutor
 from harmony.backtest.run import BacktestResult
 from harmony.data.catalog import load

@@ -40,11 +40,14 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from benchmarks.operator_watch import write_kubeconfig
 
 STEP_S = 600.0
 
@@ -209,6 +212,37 @@ def resource_specs(n: int, containers: list[str], model_path: Path) -> dict[str,
     return specs
 
 
+@dataclass
+class Fixture:
+    """What every round runs against: the trace's frames, the model, Prometheus, the API server."""
+
+    tmp: Path
+    frames: dict[str, np.ndarray]
+    model_path: Path
+    specs: dict[str, dict[str, Any]]
+    prometheus: subprocess.Popen[bytes]
+    prometheus_url: str
+    api: Any
+    kubeconfig: Path
+
+
+async def start_fixture(args: argparse.Namespace) -> Fixture:
+    from harmony.data.catalog import load
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    trace = load("fisher_containers")
+    frames = {sid: trace[sid][["load", "cpu_cores"]].to_numpy()[-600:] for sid in trace.series_ids}
+    t0 = time.perf_counter()
+    model_path = build_model(args.model, tmp / "model")
+    print(f"model {args.model}: ready in {time.perf_counter() - t0:.0f} s")
+    specs = resource_specs(args.resources, list(frames), model_path)
+    proc, prom_url = start_prometheus(tmp, frames, time.time())
+    runner, k8s_url, replicas = await start_kubernetes_api()
+    replicas.update(dict.fromkeys(specs, 1))
+    kubeconfig = write_kubeconfig(tmp / "kubeconfig", k8s_url)
+    return Fixture(tmp, frames, model_path, specs, proc, prom_url, runner, kubeconfig)
+
+
 async def one_round(
     kube: Any,
     prom: Any,
@@ -261,25 +295,11 @@ async def run(args: argparse.Namespace) -> None:
     from harmony_operator.models import ModelCache, ModelPolicy
     from harmony_operator.prometheus import PrometheusClient
 
-    from harmony.data.catalog import load
-
     torch.set_num_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-    trace = load("fisher_containers")
-    frames = {sid: trace[sid][["load", "cpu_cores"]].to_numpy()[-600:] for sid in trace.series_ids}
-    t0 = time.perf_counter()
-    model_path = build_model(args.model, tmp / "model")
-    print(f"model {args.model}: ready in {time.perf_counter() - t0:.0f} s")
-    specs = resource_specs(args.resources, list(frames), model_path)
-    proc, prom_url = start_prometheus(tmp, frames, time.time())
-    runner, k8s_url, replicas = await start_kubernetes_api()
-    replicas.update(dict.fromkeys(specs, 1))
-    (tmp / "kubeconfig").write_text(
-        f"apiVersion: v1\nkind: Config\nclusters: [{{name: b, cluster: {{server: '{k8s_url}'}}}}]\n"
-        "users: [{name: b, user: {token: t}}]\n"
-        "contexts: [{name: b, context: {cluster: b, user: b}}]\ncurrent-context: b\n"
-    )
-    os.environ["KUBECONFIG"] = str(tmp / "kubeconfig")
+    fx = await start_fixture(args)
+    tmp, proc, prom_url, runner = fx.tmp, fx.prometheus, fx.prometheus_url, fx.api
+    specs = fx.specs
+    os.environ["KUBECONFIG"] = str(fx.kubeconfig)
     rows = []
     try:
         async with (
@@ -361,21 +381,9 @@ async def shard_worker(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_sharded(args: argparse.Namespace, counts: list[int]) -> None:
-    from harmony.data.catalog import load
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-    trace = load("fisher_containers")
-    frames = {sid: trace[sid][["load", "cpu_cores"]].to_numpy()[-600:] for sid in trace.series_ids}
-    model_path = build_model(args.model, tmp / "model")
-    names = list(resource_specs(args.resources, list(frames), model_path))
-    proc, prom_url = start_prometheus(tmp, frames, time.time())
-    runner, k8s_url, replicas = await start_kubernetes_api()
-    replicas.update(dict.fromkeys(names, 1))
-    (tmp / "kubeconfig").write_text(
-        f"apiVersion: v1\nkind: Config\nclusters: [{{name: b, cluster: {{server: '{k8s_url}'}}}}]\n"
-        "users: [{name: b, user: {token: t}}]\n"
-        "contexts: [{name: b, context: {cluster: b, user: b}}]\ncurrent-context: b\n"
-    )
+    fx = await start_fixture(args)
+    tmp, proc, prom_url, runner, frames = fx.tmp, fx.prometheus, fx.prometheus_url, fx.api, fx.frames
+    model_path = fx.model_path
     results: dict[int, list[dict[str, Any]]] = {}
     walls: dict[int, float] = {}
     try:
@@ -388,7 +396,7 @@ async def run_sharded(args: argparse.Namespace, counts: list[int]) -> None:
                     "containers": list(frames),
                     "model": str(model_path),
                     "tmp": str(tmp),
-                    "kubeconfig": str(tmp / "kubeconfig"),
+                    "kubeconfig": str(fx.kubeconfig),
                     "prometheus": prom_url,
                     "samples": args.samples,
                     "spread": args.spread,

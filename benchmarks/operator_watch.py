@@ -38,6 +38,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig for a plain-HTTP test API server at `server`, with a token the server ignores."""
+    path.write_text(
+        f"apiVersion: v1\nkind: Config\nclusters: [{{name: b, cluster: {{server: '{server}'}}}}]\n"
+        "users: [{name: b, user: {token: t}}]\n"
+        "contexts: [{name: b, context: {cluster: b, user: b}}]\ncurrent-context: b\n"
+    )
+    return path
+
+
 def _autoscaler(k: int) -> dict[str, Any]:
     name = f"svc-{k:05d}"
     return {
@@ -230,12 +240,7 @@ async def _daemons(metrics_url: str) -> float:
 async def measure(n: int, tmp: Path) -> dict[str, float]:
     objects = {o["metadata"]["name"]: o for o in (_autoscaler(k) for k in range(n))}
     runner, url = await start_api(objects)
-    config = tmp / f"kubeconfig-{n}"
-    config.write_text(
-        f"apiVersion: v1\nkind: Config\nclusters: [{{name: b, cluster: {{server: '{url}'}}}}]\n"
-        "users: [{name: b, user: {token: t}}]\n"
-        "contexts: [{name: b, context: {cluster: b, user: b}}]\ncurrent-context: b\n"
-    )
+    config = write_kubeconfig(tmp / f"kubeconfig-{n}", url)
     metrics_port = _free_port()
     log = tmp / f"operator-{n}.log"
     env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}

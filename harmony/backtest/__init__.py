@@ -12,25 +12,7 @@ trace, frozen, and replayed on the test part with the same decision code the ope
 * `run`: `run_backtest` (the whole protocol) and `run_config` (from a configuration).
 """
 
-from harmony.backtest.config import (
-    BASELINES,
-    POLICY_ORDER,
-    BacktestConfig,
-    ClassicalSweep,
-    CostConfig,
-    ForecasterConfig,
-    HPASweep,
-    PointSweep,
-    PoliciesConfig,
-    ReplayConfig,
-    ReportConfig,
-    RiskSweep,
-    ScalingConfig,
-    SLAConfig,
-    StaticSweep,
-    TuningConfig,
-    load_backtest_config,
-)
+from harmony.backtest.config import load_backtest_config
 from harmony.backtest.frontier import (
     cost_at_rate,
     cost_bound,
@@ -55,6 +37,24 @@ from harmony.backtest.replay import (
     score,
 )
 from harmony.backtest.run import BacktestResult, ConfigRun, run_backtest, run_config, settings_from_config
+from harmony.backtest.sections import (
+    BASELINES,
+    POLICY_ORDER,
+    BacktestConfig,
+    ClassicalSweep,
+    CostConfig,
+    ForecasterConfig,
+    HPASweep,
+    PointSweep,
+    PoliciesConfig,
+    ReplayConfig,
+    ReportConfig,
+    RiskSweep,
+    ScalingConfig,
+    SLAConfig,
+    StaticSweep,
+    TuningConfig,
+)
 from harmony.backtest.sweep import (
     CAUSE_COLUMNS,
     CRITERIA,

@@ -18,32 +18,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harmony.backtest.checks import capacities_of, card_of, check_config
+from harmony.backtest.checks import check_config
 from harmony.backtest.sections import (
     BACKTEST_SECTIONS,
-    BASELINES,
-    CLASSICAL_POLICIES,
-    DRAW_POLICIES,
-    EPS_SWEEP,
     POLICY_ORDER,
     SWEEPS,
     TOP_LEVEL,
     TRAINING_SECTIONS,
     BacktestConfig,
     BacktestSections,
-    ClassicalSweep,
-    CostConfig,
-    ForecasterConfig,
-    HPASweep,
-    PointSweep,
     PoliciesConfig,
-    ReplayConfig,
-    ReportConfig,
-    RiskSweep,
-    ScalingConfig,
-    SLAConfig,
-    StaticSweep,
-    TuningConfig,
 )
 from harmony.training.config import (
     ConfigContext,
@@ -55,30 +39,7 @@ from harmony.training.config import (
     resolve_card_path,
 )
 
-__all__ = [
-    "BASELINES",
-    "CLASSICAL_POLICIES",
-    "DRAW_POLICIES",
-    "EPS_SWEEP",
-    "POLICY_ORDER",
-    "BacktestConfig",
-    "ClassicalSweep",
-    "CostConfig",
-    "ForecasterConfig",
-    "HPASweep",
-    "PointSweep",
-    "PoliciesConfig",
-    "ReplayConfig",
-    "ReportConfig",
-    "RiskSweep",
-    "SLAConfig",
-    "ScalingConfig",
-    "StaticSweep",
-    "TuningConfig",
-    "capacities_of",
-    "card_of",
-    "load_backtest_config",
-]
+__all__ = ["load_backtest_config"]
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from harmony.backtest.config import CLASSICAL_POLICIES, DRAW_POLICIES
 from harmony.backtest.replay import (
     Draws,
     SeriesData,
@@ -29,6 +28,7 @@ from harmony.backtest.replay import (
     forecast_draws,
     median_draws,
 )
+from harmony.backtest.sections import CLASSICAL_POLICIES, DRAW_POLICIES
 from harmony.backtest.sweep import Knobs, Replayed, replay_setting
 from harmony.data.trace import Trace
 from harmony.distributed import connect_ray

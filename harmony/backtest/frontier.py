@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from harmony.backtest.config import BASELINES
 from harmony.backtest.replay import Settings
+from harmony.backtest.sections import BASELINES
 from harmony.backtest.sweep import CAUSE_COLUMNS, RATE_TOLERANCE, Tuned
 from harmony.decision import ceil_replicas
 

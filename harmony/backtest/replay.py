@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from harmony.backtest.config import (
+from harmony.backtest.sections import (
     CLASSICAL_POLICIES,
     ClassicalSweep,
     PoliciesConfig,

@@ -15,12 +15,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from harmony.backtest.config import (
-    DRAW_POLICIES,
-    BacktestConfig,
-    capacities_of,
-    card_of,
-)
+from harmony.backtest.checks import capacities_of, card_of
 from harmony.backtest.executor import Executor, LocalExecutor, Part, make_executor
 from harmony.backtest.frontier import cost_bound, headline, hindsight_table, validated_table
 from harmony.backtest.progress import track
@@ -32,6 +27,7 @@ from harmony.backtest.replay import (
     prepare_series,
     scored_demand,
 )
+from harmony.backtest.sections import DRAW_POLICIES, BacktestConfig
 from harmony.backtest.sweep import CRITERIA, Evaluator, Knobs, Tuned, knob_space, tune
 from harmony.data.spec import DatasetCard
 from harmony.data.trace import Trace

@@ -29,7 +29,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from harmony.backtest.config import (
+from harmony.backtest.replay import Draws, IntArray, SeriesData, Settings, replay, score
+from harmony.backtest.sections import (
     CLASSICAL_POLICIES,
     DRAW_POLICIES,
     POLICY_ORDER,
@@ -39,7 +40,6 @@ from harmony.backtest.config import (
     RiskSweep,
     StaticSweep,
 )
-from harmony.backtest.replay import Draws, IntArray, SeriesData, Settings, replay, score
 from harmony.decision import FALLBACK_CAUSES, Decider, DecisionConfig
 from harmony.policies import (
     EHPAPolicy,
