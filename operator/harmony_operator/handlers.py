@@ -218,7 +218,7 @@ class Runtime:
                 lease_s=options.lease_duration_s,
                 renew_deadline_s=options.renew_deadline_s,
                 retry_s=options.retry_period_s,
-                on_change=self._held,
+                on_change=self._leases_changed,
             )
         elif options.shards != 1:
             raise kopf.PermanentError("shards need leader election: each shard is a Lease")
@@ -226,7 +226,8 @@ class Runtime:
             self.metrics.leader.set(1)
             self.metrics.shards_held.set(1)
 
-    def _held(self, shards: int) -> None:
+    def _leases_changed(self, shards: int) -> None:
+        """After a lease round changed what this instance acts on: metrics, and wake the waiting daemons."""
         self.metrics.leader.set(1 if shards else 0)
         self.metrics.shards_held.set(shards)
         woken, self._ownership = self._ownership, asyncio.Event()

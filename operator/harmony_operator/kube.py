@@ -284,7 +284,6 @@ class KubeClient:
         content_type: str = "application/json",
         what: str = "",
         fenced: bool = False,
-        query: list[tuple[str, str]] | None = None,
     ) -> Any:
         what = what or f"{method} {path}"
         for attempt in (0, 1):
@@ -295,7 +294,6 @@ class KubeClient:
                 return await client.call_api(
                     path,
                     method,
-                    query_params=query,
                     header_params={"Accept": "application/json", "Content-Type": content_type},
                     body=body,
                     response_types_map={200: "object", 201: "object"},
@@ -392,12 +390,13 @@ class KubeClient:
         )
         return dict(data or {})
 
-    async def list_leases(self, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+    async def list_leases(self, namespace: str) -> list[dict[str, Any]]:
+        """Every Lease of the namespace: no label selector, so that a Lease written by an operator from before
+        shards (unlabelled) is seen too (harmony_operator.sharding)."""
         data = await self.request(
             "GET",
             f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
             what=f"leases in {namespace}",
-            query=[("labelSelector", label_selector)] if label_selector else None,
         )
         return [dict(i) for i in (data or {}).get("items") or [] if isinstance(i, Mapping)]
 
