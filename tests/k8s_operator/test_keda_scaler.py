@@ -488,7 +488,7 @@ def test_settings_are_validated_naming_the_flag(tmp_path: Path) -> None:
 
 
 async def test_the_harmony_scaler_command_serves_and_stops_on_sigterm(cluster: Cluster) -> None:
-    """`python -m harmony_operator.keda.scaler` (the `harmony-scaler` entry point) as a process, reading a
+    """`python -m harmony_operator.keda` (the `harmony-scaler` entry point) as a process, reading a
     resource whose status holds a fresh decision, through the kubeconfig the cluster fixture wrote."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     put_autoscaler(
@@ -506,7 +506,7 @@ async def test_the_harmony_scaler_command_serves_and_stops_on_sigterm(cluster: C
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "harmony_operator.keda.scaler",
+        "harmony_operator.keda",
         "--port",
         str(port),
         "--bind-address",
@@ -538,7 +538,7 @@ async def test_the_harmony_scaler_command_serves_and_stops_on_sigterm(cluster: C
     bad = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "harmony_operator.keda.scaler",
+        "harmony_operator.keda",
         "--tls-key",
         "/nonexistent.key",
         env=env,
@@ -554,7 +554,7 @@ async def test_the_harmony_scaler_command_serves_and_stops_on_sigterm(cluster: C
         busy = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "harmony_operator.keda.scaler",
+            "harmony_operator.keda",
             "--port",
             str(taken.getsockname()[1]),
             "--bind-address",
