@@ -308,7 +308,7 @@ def run_metrics(result: BacktestResult) -> dict[str, float]:
     for criterion, value in result.bounds.items():
         out[metric_key("bound", criterion)] = float(value)
     for r in held_to_eps(result.per_service, chosen_eps(result.tuned)).to_dict("records"):
-        for name in ("below", "inside", "above"):
+        for name in ("below", "inside", "above", "floor_bound"):
             out[metric_key("held", str(r["criterion"]), str(r["policy"]), name)] = float(r[name])
     for r in result.summary.to_dict("records"):
         for name in SWEEP_METRICS:

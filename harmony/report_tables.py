@@ -261,18 +261,20 @@ def _per_service(result: BacktestResult, criterion: str = "service", max_series:
 
 
 def held_table(result: BacktestResult) -> str:
-    """Per criterion and risk policy: the series below / inside / above the binomial 95% interval of eps."""
+    """Per criterion and risk policy: the series below / inside / above the binomial 95% interval of eps, and
+    how many of those below could not have been inside (`floor_bound`: too few steps above the floor)."""
     held = held_to_eps(result.per_service, chosen_eps(result.tuned))
     rows = [
         [
             r["criterion"],
             r["policy"],
             format_knob(r["eps"]),
-            *(str(r[k]) for k in ("series", "below", "inside", "above")),
+            *(str(r[k]) for k in ("series", "below", "inside", "above", "floor_bound")),
         ]
         for r in held.to_dict("records")
     ]
-    return _render(["criterion", "policy", "eps", "series", "below", "inside", "above"], rows, left=2)
+    header = ["criterion", "policy", "eps", "series", "below", "inside", "above", "floor_bound"]
+    return _render(header, rows, left=2)
 
 
 def _causes_text(row: Mapping[Any, Any]) -> str:

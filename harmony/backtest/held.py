@@ -5,7 +5,10 @@ violated with probability at most eps. Over `n` scored steps the violated count 
 exactly that promise is Binomial(n, eps), so its realised rate falls inside the two-sided 95% interval of
 that distribution 95% of the time (or more: the interval of a discrete law covers at least its level). A
 rate above the interval says the policy let that service down; below it, that it paid for more safety than
-it was asked for.
+it was asked for, unless the service could not violate that often at all: a step whose demand the floor
+(`min_replicas`) already serves is violated by no count a policy may set, so a service with fewer such
+`exposed` steps than the interval's lower end is below it whatever the policy does (`floor_bound`). Such a
+service keeps its promise (P(violation) <= eps) but cannot be inside the interval; the count proves it.
 """
 
 from __future__ import annotations
@@ -40,18 +43,22 @@ def held_to_eps(
     """Per (criterion, policy) with a risk knob: how many services' violated counts on the test part lie
     below, inside and above the binomial `level` interval at the eps chosen for it.
 
-    `per_service` has columns criterion, policy, series, steps, violations (BacktestResult.per_service);
-    `eps[(criterion, policy)]` the eps the policy ran at. Series without scored steps are left out.
+    `per_service` has columns criterion, policy, series, steps, violations (BacktestResult.per_service) and,
+    when known, `exposed` (the steps the floor's capacity does not serve); `eps[(criterion, policy)]` the eps
+    the policy ran at. Series without scored steps are left out. `floor_bound` counts the services below the
+    interval that no policy could have brought into it (fewer exposed steps than its lower end).
     """
     rows: list[dict[str, Any]] = []
     for (criterion, policy), e in eps.items():
         mine = per_service[(per_service["criterion"] == criterion) & (per_service["policy"] == policy)]
         mine = mine[mine["steps"] > 0]
-        below = inside = above = 0
-        for steps, violations in zip(mine["steps"], mine["violations"], strict=True):
+        below = inside = above = bound = 0
+        exposed = mine["exposed"] if "exposed" in mine else mine["steps"]
+        for steps, violations, open_ in zip(mine["steps"], mine["violations"], exposed, strict=True):
             lo, hi = binomial_interval(int(steps), e, level)
             if violations < lo:
                 below += 1
+                bound += int(open_ < lo)
             elif violations > hi:
                 above += 1
             else:
@@ -65,9 +72,11 @@ def held_to_eps(
                 "below": below,
                 "inside": inside,
                 "above": above,
+                "floor_bound": bound,
             }
         )
-    return pd.DataFrame(rows, columns=["criterion", "policy", "eps", "series", "below", "inside", "above"])
+    columns = ["criterion", "policy", "eps", "series", "below", "inside", "above", "floor_bound"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def chosen_eps(tuned: Mapping[str, Mapping[str, Tuned]]) -> dict[tuple[str, str], float]:

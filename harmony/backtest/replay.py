@@ -402,9 +402,12 @@ def score(data: SeriesData, capacity: IntArray, settings: Settings) -> dict[str,
     steps = int(known.sum())
     replica_hours = float(n[known].sum() * hours)
     violations = int(violated.sum())
+    # The steps any count at or above the floor can violate: demand beyond min_replicas' capacity.
+    exposed = int((known & (need > settings.scaling.min_replicas)).sum())
     return {
         "steps": float(steps),
         "violations": float(violations),
+        "exposed": float(exposed),
         "violation_rate": violations / steps if steps else math.nan,
         "unmet_replica_hours": float(excess[known].sum() * hours),
         "replica_hours": replica_hours,

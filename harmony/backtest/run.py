@@ -270,6 +270,7 @@ def _per_service(ev: Evaluator, tuned: Mapping[str, Mapping[str, Tuned]]) -> pd.
                         "series": r["series"],
                         "steps": r["steps"],
                         "violations": r["violations"],
+                        "exposed": r["exposed"],
                         "violation_rate": r["violation_rate"],
                         "cost": r["cost"],
                     }

@@ -122,6 +122,11 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, monkeypatch: pytest.Mon
     assert run.data.tags["harmony.kind"] == "backtest" and "harmony.model_run_id" in run.data.tags
     metrics = run.data.metrics
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
+    for criterion in ("total", "service"):  # the services no policy could have held are among those below
+        held = {
+            k: metrics[f"held/{criterion}/harmony/{k}"] for k in ("below", "inside", "above", "floor_bound")
+        }
+        assert 0 <= held["floor_bound"] <= held["below"]
     assert {"report.html", "summary.txt", "plots", "tables"} <= artifacts
 
     # The printed validated tables are the run's metrics, and their knobs its params.

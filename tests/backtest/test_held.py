@@ -60,5 +60,18 @@ def test_services_are_counted_below_inside_and_above() -> None:
             "below": 1,
             "inside": 2,
             "above": 1,
+            "floor_bound": 0,  # without an `exposed` column every scored step counts as exposed
         }
     ]
+
+
+def test_a_service_below_with_too_few_exposed_steps_is_floor_bound() -> None:
+    # 1000 steps at 5%: the interval's lower end is 37 violated steps.
+    rows = [
+        ("total", "harmony", "idle", 1000, 3, 36),  # below, and could not violate 37 steps: floor-bound
+        ("total", "harmony", "busy", 1000, 3, 37),  # below, but 37 steps were there to violate
+        ("total", "harmony", "held", 1000, 40, 400),  # inside
+    ]
+    frame = pd.DataFrame(rows, columns=["criterion", "policy", "series", "steps", "violations", "exposed"])
+    out = held_to_eps(frame, {("total", "harmony"): 0.05}).to_dict("records")[0]
+    assert (out["below"], out["inside"], out["above"], out["floor_bound"]) == (2, 1, 0, 1)

@@ -199,6 +199,8 @@ def test_scores_add_up(result: BacktestResult) -> None:
         need = result.demand[str(row.series)][:, 0] / CAPACITIES["load"]
         assert row.steps == len(need) == 150
         assert row.violations == int((need > cap).sum())
+        # The steps any count at or above the floor could violate; a policy violates at most those.
+        assert row.exposed == int((need > s.scaling.min_replicas).sum()) >= row.violations
         assert row.replica_hours == pytest.approx(cap.sum() * STEP_S / 3600)
         assert row.cost == pytest.approx(s.replica_hour_price * row.replica_hours + row.violations)
         assert row.unmet_replica_hours == pytest.approx(np.maximum(need - cap, 0).sum() / 6)
