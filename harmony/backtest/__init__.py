@@ -37,6 +37,7 @@ from harmony.backtest.replay import (
     score,
 )
 from harmony.backtest.run import BacktestResult, ConfigRun, run_backtest, run_config, settings_from_config
+from harmony.backtest.search import Tuned, tune
 from harmony.backtest.sections import (
     BASELINES,
     POLICY_ORDER,
@@ -62,12 +63,10 @@ from harmony.backtest.sweep import (
     Evaluator,
     Knobs,
     KnobSpace,
-    Tuned,
     build_policy,
     format_knob,
     knob_space,
     short_knobs,
-    tune,
 )
 
 __all__ = [

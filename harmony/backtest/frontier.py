@@ -13,8 +13,9 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from harmony.backtest.replay import Settings
+from harmony.backtest.search import Tuned
 from harmony.backtest.sections import BASELINES
-from harmony.backtest.sweep import CAUSE_COLUMNS, RATE_TOLERANCE, Tuned
+from harmony.backtest.sweep import CAUSE_COLUMNS, RATE_TOLERANCE
 from harmony.decision import ceil_replicas
 
 __all__ = [

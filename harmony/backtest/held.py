@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from scipy.stats import binom
 
-from harmony.backtest.sweep import Tuned
+from harmony.backtest.search import Tuned
 
 # The policies whose primary knob is a per-step violation probability.
 RISK_POLICIES = ("harmony", "quantile")

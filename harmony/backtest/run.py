@@ -27,8 +27,9 @@ from harmony.backtest.replay import (
     prepare_series,
     scored_demand,
 )
+from harmony.backtest.search import Tuned, tune
 from harmony.backtest.sections import DRAW_POLICIES, BacktestConfig
-from harmony.backtest.sweep import CRITERIA, Evaluator, Knobs, Tuned, knob_space, tune
+from harmony.backtest.sweep import CRITERIA, Evaluator, Knobs, knob_space
 from harmony.data.spec import DatasetCard
 from harmony.data.trace import Trace
 from harmony.data.windows import Split, chronological_split

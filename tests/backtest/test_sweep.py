@@ -1,4 +1,4 @@
-"""harmony.backtest.sweep and run: every policy's knob space and policy, the search on the validation part
+"""harmony.backtest.sweep, search and run: every policy's knob space and policy, the search on the validation part
 against hand-computed cases, and the protocol's promise that the knobs never look at the test part."""
 
 from __future__ import annotations
