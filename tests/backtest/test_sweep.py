@@ -1,5 +1,5 @@
-"""harmony.backtest.sweep, search and run: every policy's knob space and policy, the search on the validation part
-against hand-computed cases, and the protocol's promise that the knobs never look at the test part."""
+"""harmony.backtest.sweep, search and run: every policy's knob space and policy, the search on the validation
+part against hand-computed cases, and the protocol's promise that the knobs never look at the test part."""
 
 from __future__ import annotations
 
