@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import datetime as dt
 import functools
@@ -40,13 +41,14 @@ import ssl
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import aiohttp.test_utils
+import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
@@ -390,6 +392,40 @@ class PrometheusServer:
     load: np.ndarray  # the slice's `load` values, oldest first
     cpu: np.ndarray
     times: np.ndarray  # unix seconds of each value
+
+
+@contextlib.asynccontextmanager
+async def prometheus_proxy(
+    upstream: str,
+    before: Callable[[aiohttp.web.Request], Awaitable[aiohttp.web.Response | None]] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[str]:
+    """A loopback proxy in front of a real Prometheus at `upstream`; yields its URL (https with
+    `ssl_context`). `before` sees each request first: it may delay it, or answer it itself (a refusal);
+    otherwise the upstream's own answer is returned unchanged."""
+
+    async def proxy(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        if before is not None and (answer := await before(request)) is not None:
+            return answer
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(upstream + request.path, params=request.query) as resp,
+        ):
+            return aiohttp.web.Response(
+                body=await resp.read(), status=resp.status, content_type="application/json"
+            )
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/{tail:.*}", proxy)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"{'https' if ssl_context is not None else 'http'}://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def _free_port() -> int:

@@ -27,6 +27,7 @@ from operator_harness import (  # type: ignore[import-not-found]
     add_autoscaler,
     add_deployment,
     autoscaler_spec,
+    prometheus_proxy,
     wait_for,
 )
 
@@ -37,27 +38,11 @@ SLOW_S = 5.0
 async def slow_prometheus(prometheus: PrometheusServer) -> AsyncIterator[str]:
     """A loopback proxy that answers with the real Prometheus' answer SLOW_S seconds late."""
 
-    async def proxy(request: aiohttp.web.Request) -> aiohttp.web.Response:
+    async def late(request: aiohttp.web.Request) -> None:
         await asyncio.sleep(SLOW_S)
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(prometheus.url + request.path, params=request.query) as resp,
-        ):
-            return aiohttp.web.Response(
-                body=await resp.read(), status=resp.status, content_type="application/json"
-            )
 
-    app = aiohttp.web.Application()
-    app.router.add_get("/{tail:.*}", proxy)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with prometheus_proxy(prometheus.url, late) as url:
+        yield url
 
 
 def _options(identity: str, prometheus_url: str) -> OperatorOptions:

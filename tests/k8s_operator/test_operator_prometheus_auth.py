@@ -31,6 +31,7 @@ from operator_harness import (  # type: ignore[import-not-found]
     PrometheusServer,
     add_deployment,
     autoscaler_spec,
+    prometheus_proxy,
 )
 
 QUERY = [("load", 'fisher_load{container="container1"}')]
@@ -41,31 +42,16 @@ ACCEPTED = {"Bearer s3cr3t-token", "Basic " + base64.b64encode(b"harmony:pa55").
 async def guarded_prometheus(prometheus: PrometheusServer, tls: TLS) -> AsyncIterator[str]:
     seen: list[str] = []
 
-    async def proxy(request: aiohttp.web.Request) -> aiohttp.web.Response:
+    async def check(request: aiohttp.web.Request) -> aiohttp.web.Response | None:
         seen.append(request.headers.get("Authorization", ""))
         if request.headers.get("Authorization") not in ACCEPTED:
             return aiohttp.web.json_response({"status": "error", "error": "unauthorized"}, status=401)
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(prometheus.url + request.path, params=request.query) as resp,
-        ):
-            return aiohttp.web.Response(
-                body=await resp.read(), status=resp.status, content_type="application/json"
-            )
+        return None
 
-    app = aiohttp.web.Application()
-    app.router.add_get("/{tail:.*}", proxy)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.server.configure_cert(ctx)
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"https://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with prometheus_proxy(prometheus.url, check, ctx) as url:
+        yield url
 
 
 async def _history(url: str, auth: PrometheusAuth | None, prometheus: PrometheusServer) -> float:
