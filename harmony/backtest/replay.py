@@ -152,10 +152,12 @@ class SeriesData:
     @cached_property
     def demand_rows(self) -> list[dict[str, float]]:
         """The demand of steps begin - 1 .. end - 1 as {indicator: value}, what a replay hands the policies:
-        built once per series, not once per setting replayed."""
-        return [
+        built once per series, not once per setting replayed. A series whose part starts at its first step
+        (no history before it) has no step begin - 1: that row is unknown (NaN), never a wrap-around."""
+        unknown = [dict.fromkeys(self.names, math.nan)] if self.begin == 0 else []
+        return unknown + [
             {n: float(v) for n, v in zip(self.names, row, strict=True)}
-            for row in self.demand[self.begin - 1 : self.end]
+            for row in self.demand[max(self.begin - 1, 0) : self.end]
         ]
 
 

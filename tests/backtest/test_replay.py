@@ -159,6 +159,35 @@ def test_the_hpa_in_the_replay_is_the_hpa_stepped_by_hand(
         assert len(set(expected)) > 2  # it scales
 
 
+def test_a_series_whose_part_starts_at_its_first_step_is_replayed(
+    fisher: tuple[Trace, Split, SeasonalNaiveForecaster],
+) -> None:
+    # A container that appears at the validation cut has no step before the part: the replay's row of the
+    # step before the first simulated one must be unknown, not the series' last row read by wrap-around.
+    trace, split, _ = fisher
+    sid = SERIES[0]
+    _, b, n = split.boundaries[sid]
+    fresh = Split({sid: (0, b, n)}, split.fractions, split.by)
+    s = settings(policies=dataclasses.replace(settings().policies, static=None))  # static needs a history
+    data = prepare_series(trace, fresh, sid, s, lookback=24, part="val")
+    assert not isinstance(data, str)
+    assert (data.start, data.begin, data.first_decision) == (0, 0, 24)
+    rows = data.demand_rows
+    assert len(rows) == data.end - data.begin + 1 and math.isnan(rows[0]["load"])
+    assert rows[1]["load"] == data.demand[0, 0] and rows[-1]["load"] == data.demand[data.end - 1, 0]
+    hand = HPAPolicy(
+        CAPACITIES, target_utilization=0.6, max_replicas=s.scaling.max_replicas, interval_s=STEP_S
+    )
+    policy = HPAPolicy(
+        CAPACITIES, target_utilization=0.6, max_replicas=s.scaling.max_replicas, interval_s=STEP_S
+    )
+    capacity = replay(policy, data, None, s).at(data.scored)
+    # The steps before the first decision takes effect keep the initial count; then the HPA as by hand.
+    lead = s.lead_time
+    assert (capacity[: data.first_decision + lead] == data.initial).all()
+    assert capacity[data.first_decision + lead :][:40].tolist() == _hpa_by_hand(data, hand, 40)
+
+
 def test_the_hpa_stabilisation_window_acts_at_10_minute_steps(
     fisher: tuple[Trace, Split, SeasonalNaiveForecaster],
 ) -> None:
