@@ -95,8 +95,9 @@ class ReconcilerSettings:
     query_namespace_label: str | None = None
 
 
-def window_steps(model: LoadedModel, lead_time_s: float, interval_s: float) -> list[int]:
-    """Horizon indices whose target times fall in (now + leadTime, now + leadTime + interval].
+def window_steps(model: LoadedModel, lead_time_s: float, window_s: float | None) -> list[int]:
+    """Horizon indices whose target times fall in (now + leadTime, now + leadTime + window]; with no window
+    (`decisionWindow` unset), every horizon step after the lead time, as the backtest's default.
 
     Step j of the model's horizon is (lead_time + j + 1) frequency steps after the last observation. A
     window shorter than one step takes the first step after the lead time; a lead time past the horizon
@@ -106,10 +107,12 @@ def window_steps(model: LoadedModel, lead_time_s: float, interval_s: float) -> l
     f = spec.frequency_s
     offsets = [(spec.lead_time + j + 1) * f for j in range(spec.horizon)]
     eps = 1e-6 * f
-    chosen = [j for j, o in enumerate(offsets) if lead_time_s + eps < o <= lead_time_s + interval_s + eps]
+    after = [j for j, o in enumerate(offsets) if o > lead_time_s + eps]
+    if window_s is None:
+        return after or [spec.horizon - 1]
+    chosen = [j for j in after if offsets[j] <= lead_time_s + window_s + eps]
     if chosen:
         return chosen
-    after = [j for j, o in enumerate(offsets) if o > lead_time_s + eps]
     return [after[0]] if after else [spec.horizon - 1]
 
 
@@ -284,7 +287,7 @@ class Reconciler:
                 self.metrics.model_loads.inc(self.models.loads - loads_before)
 
         # 4. the decider (rebuilt when the decision settings change; its state survives restarts) ----------
-        window = window_steps(model, spec.lead_time_s, spec.interval_s) if model is not None else None
+        window = window_steps(model, spec.lead_time_s, spec.decision_window_s) if model is not None else None
         lead_steps = (model.forecaster.spec.lead_time + window[0]) if model is not None and window else 0
         dconfig = spec.decision_config(lead_steps=lead_steps)
         decider = decider_for(mem, dconfig, old.get("state"))

@@ -97,6 +97,9 @@ class AutoscalerSpec:
     scale_up_stabilization_s: float = 0.0
     scale_up_rate: RateLimit | None = None
     scale_down_rate: RateLimit | None = None
+    # The forecast steps a decision covers after the lead time (None: every step of the model's horizon
+    # after it, as the backtest's default `window_steps: null`).
+    decision_window_s: float | None = None
 
     @property
     def capacities(self) -> dict[str, float]:
@@ -243,6 +246,14 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
     if interval_s < 1.0:
         raise SpecError("interval", f"expected at least 1s, got {spec.get('interval')!r}")
     lead_time_s = parse_duration(spec.get("leadTime", "0s"), "leadTime")
+    window_raw = spec.get("decisionWindow")
+    decision_window_s = None if window_raw is None else parse_duration(window_raw, "decisionWindow")
+    if decision_window_s is not None and decision_window_s <= 0:
+        raise SpecError(
+            "decisionWindow",
+            f"expected a duration above 0s (or no decisionWindow: the model's whole horizon after leadTime), "
+            f"got {window_raw!r}",
+        )
 
     slo = _section(spec, "slo")
     eps = _number(
@@ -362,4 +373,5 @@ def parse_spec(spec: Mapping[str, Any]) -> AutoscalerSpec:
         scale_up_stabilization_s=up_window or 0.0,
         scale_up_rate=up_rate,
         scale_down_rate=down_rate,
+        decision_window_s=decision_window_s,
     )

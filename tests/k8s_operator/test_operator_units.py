@@ -231,6 +231,35 @@ def test_window_steps(model_dir: Path) -> None:
     assert window_steps(model, 600.0, 1200.0) == [1, 2]
     assert window_steps(model, 0.0, 60.0) == [0]  # shorter than a step: the first step after the lead
     assert window_steps(model, 7200.0, 600.0) == [5]  # past the horizon: the last step
+    # No decisionWindow: every step after the lead time, as the backtest's default (window_steps: null).
+    assert window_steps(model, 0.0, None) == [0, 1, 2, 3, 4, 5]
+    assert window_steps(model, 1800.0, None) == [3, 4, 5]
+    assert window_steps(model, 7200.0, None) == [5]
+
+
+def test_the_operator_decides_on_the_steps_the_backtest_replays(model_dir: Path, load_trace: Any) -> None:
+    # The backtest's draws for a decision (harmony.backtest.check_forecaster: first step, count) and the
+    # operator's window must be the same horizon steps, with and without a window, at every lead time.
+    from harmony.backtest import Settings, check_forecaster
+
+    model = LoadedModel("x", "1", Forecaster.load(model_dir), 0.0)
+    trace = load_trace("fisher_containers")
+    step = model.forecaster.spec.frequency_s
+    for lead in range(4):
+        for window in (None, 1, 2):
+            settings = Settings(capacities={"load": 1.0}, lead_time=lead, window_steps=window)
+            first, count = check_forecaster(model.forecaster, trace, settings)
+            seconds = None if window is None else window * step
+            expected = list(range(first, first + count))
+            assert window_steps(model, lead * step, seconds) == expected, (lead, window)
+
+
+def test_decision_window_is_a_positive_duration_or_unset() -> None:
+    base = dict(MINIMAL)
+    assert parse_spec(base).decision_window_s is None
+    assert parse_spec({**base, "decisionWindow": "10m"}).decision_window_s == 600.0
+    with pytest.raises(SpecError, match=r"^spec\.decisionWindow: expected a duration above 0s .*got '0s'"):
+        parse_spec({**base, "decisionWindow": "0s"})
 
 
 # --- Prometheus ----------------------------------------------------------------------------------------
