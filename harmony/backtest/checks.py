@@ -217,6 +217,10 @@ def check_config(cfg: BacktestConfig, ctx: ConfigContext) -> None:
             sweep(f"policies.{name}.forgetting", risk.forgetting, lambda v: 0.0 < v <= 1.0,
                   "a factor in (0, 1]")  # fmt: skip
             windows(f"policies.{name}.scale_down_window_s", risk.scale_down_window_s)
+            if risk.window_steps is not None:
+                sweep(f"policies.{name}.window_steps", risk.window_steps,
+                      lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                      "a whole number of forecast steps >= 1")  # fmt: skip
     for name in ("hpa", "ehpa"):
         hpa: HPASweep | None = getattr(pol, name)
         if hpa is not None:

@@ -140,11 +140,14 @@ class ScalingConfig:
 @dataclass(frozen=True)
 class RiskSweep:
     """HARMONY (`harmony`) or its ablation without adaptation (`quantile`): the SLA eps (primary), the
-    adaptation's forgetting factor and the scale-down window."""
+    adaptation's forgetting factor, the scale-down window and, when listed, the decision window: how many
+    forecast steps from the lead time on a decision covers (the operator's `decisionWindow`; unlisted, all
+    of `backtest.window_steps`)."""
 
     max_violation_probability: list[float] = field(default_factory=lambda: list(EPS_SWEEP))
     forgetting: list[float] = field(default_factory=lambda: [0.995])
     scale_down_window_s: list[float] | None = None
+    window_steps: list[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,7 @@ SHORT_NAMES = {
     "scale_down_rate": "down_rate",
     "scale_up_rate": "up_rate",
     "forgetting": "forget",
+    "window_steps": "window",
 }
 
 
@@ -170,15 +171,18 @@ def knob_space(policy: str, settings: Settings) -> KnobSpace:
 
     if policy in ("harmony", "quantile"):
         risk: RiskSweep = getattr(pol, policy)
+        secondary: dict[str, tuple[Any, ...]] = {
+            "forgetting": tuple(risk.forgetting) if policy == "harmony" else (risk.forgetting[0],),
+            "scale_down_window_s": windows(risk.scale_down_window_s),
+        }
+        if risk.window_steps is not None:  # a knob only when listed: settings texts stay as they were
+            secondary["window_steps"] = tuple(int(v) for v in risk.window_steps)
         return KnobSpace(
             "eps",
             tuple(risk.max_violation_probability),
             looser_up=True,
             log_scale=True,
-            secondary={
-                "forgetting": tuple(risk.forgetting) if policy == "harmony" else (risk.forgetting[0],),
-                "scale_down_window_s": windows(risk.scale_down_window_s),
-            },
+            secondary=secondary,
         )
     if policy in ("point", "arima", "ets"):
         point: PointSweep | ClassicalSweep = getattr(pol, policy)
@@ -319,14 +323,14 @@ def replay_setting(
     """Replay one setting over every series of `datas`: its score row per series (and the count in place
     over the scored steps when `keep_capacity`)."""
     source = source_of(knobs.policy, draws, settings)
+    steps = knobs.get("window_steps")
     out: Replayed = []
     for data in datas:
-        rep = replay(
-            build_policy(knobs, data, settings),
-            data,
-            None if source is None else source.get(data.series),
-            settings,
-        )
+        mine = None if source is None else source.get(data.series)
+        if mine is not None and steps is not None:
+            # The decision window knob: the first `steps` forecast steps of each decision's draws (views).
+            mine = [None if d is None else d[:, : int(steps)] for d in mine]
+        rep = replay(build_policy(knobs, data, settings), data, mine, settings)
         cap = rep.at(data.scored)
         row = {
             "policy": knobs.policy,

@@ -266,6 +266,11 @@ def _write(tmp_path: Path, body: dict[str, object], name: str = "bt.yaml") -> Pa
         ),
         ({"tuning": {"passes": 0}}, [], r"tuning\.passes: expected an integer >= 1, got 0"),
         (
+            {"policies": {"harmony": {"window_steps": [6, 0]}}},
+            [],
+            r"policies\.harmony\.window_steps\[1\]: expected a whole number of forecast steps >= 1, got 0",
+        ),
+        (
             {"scaling": {"fallback_on_miscalibration": "no"}},
             [],
             r"scaling\.fallback_on_miscalibration: expected true or false, got 'no' \(str\)",

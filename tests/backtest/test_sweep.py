@@ -3,6 +3,7 @@ part against hand-computed cases, and the protocol's promise that the knobs neve
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -12,18 +13,21 @@ from backtest_helpers import SERIES, settings
 
 from harmony.backtest import (
     POLICY_ORDER,
+    BacktestError,
     BacktestResult,
     HPASweep,
     Knobs,
     PoliciesConfig,
+    RiskSweep,
     TuningConfig,
     build_policy,
+    forecast_draws,
     knob_space,
     prepare_series,
     run_backtest,
     tune,
 )
-from harmony.backtest.sweep import Evaluator
+from harmony.backtest.sweep import Evaluator, replay_setting
 from harmony.data.trace import Trace
 from harmony.data.windows import Split
 from harmony.model.seasonal_naive import SeasonalNaiveForecaster
@@ -219,3 +223,65 @@ def test_harmony_is_tuned_on_its_window_too(both: tuple[BacktestResult, Backtest
     assert {"forgetting=0.995 scale_down_window_s=0", "forgetting=0.995 scale_down_window_s=1800"} <= (
         settings_replayed
     )
+
+
+def test_the_decision_window_knob_replays_the_first_steps_of_each_decisions_draws(
+    fisher: tuple[Trace, Split, SeasonalNaiveForecaster],
+) -> None:
+    trace, split, model = fisher  # horizon 4 after a lead of 1: four steps of draws per decision
+    only = PoliciesConfig(
+        harmony=RiskSweep([0.2, 0.05], window_steps=[4, 1]),
+        quantile=RiskSweep([0.2, 0.05], window_steps=[4, 1]),
+        **dict.fromkeys(("point", "ehpa", "arima", "ets", "hpa", "static"), None),
+        oracle=False,
+    )
+    s = settings(policies=only)
+    assert knob_space("harmony", s).secondary["window_steps"] == (4, 1)
+    assert "window_steps" not in knob_space("harmony", settings()).secondary  # unlisted: no knob
+    datas = [prepare_series(trace, split, sid, s, lookback=24, part="val") for sid in SERIES]
+    assert all(not isinstance(d, str) for d in datas)
+    full = forecast_draws(model, trace, datas, s)  # type: ignore[arg-type]
+    one = settings(policies=only, window_steps=1)
+    short = forecast_draws(model, trace, datas, one)  # type: ignore[arg-type]
+    for eps in (0.2, 0.05):
+        # Through the knob, window 1 replays exactly what a backtest with window_steps 1 replays ...
+        knobbed = replay_setting(
+            Knobs("harmony", eps, (("forgetting", 0.995), ("window_steps", 1))),
+            datas,
+            {"model": full},
+            s,
+            True,
+        )
+        plain = replay_setting(
+            Knobs("harmony", eps, (("forgetting", 0.995),)), datas, {"model": short}, one, True
+        )
+        assert [(r["cost"], r["violations"]) for r, _ in knobbed] == [
+            (r["cost"], r["violations"]) for r, _ in plain
+        ]
+    # Without adaptation the four-step window's count dominates the one-step count at every step: per draw,
+    # the peak over four steps is at least the first step, and so is each order statistic.
+    for eps in (0.2, 0.05):
+        counts = {
+            w: replay_setting(
+                Knobs("quantile", eps, (("forgetting", 0.995), ("window_steps", w))),
+                datas,
+                {"model": full},
+                s,
+                True,
+            )
+            for w in (1, 4)
+        }
+        for (_, one_step), (_, four_steps) in zip(counts[1], counts[4], strict=True):
+            assert one_step is not None and four_steps is not None
+            assert (four_steps >= one_step).all() and (four_steps > one_step).any()
+    result = run_backtest(trace, split, model, s)
+    assert {t.knobs.get("window_steps") for t in result.tuned["harmony"].values()} <= {1, 4}
+    with pytest.raises(
+        BacktestError, match=r"policies\.harmony\.window_steps \[5\]: a decision can cover at most"
+    ):
+        run_backtest(
+            trace,
+            split,
+            model,
+            settings(policies=dataclasses.replace(only, harmony=RiskSweep([0.05], window_steps=[5]))),
+        )
