@@ -144,6 +144,14 @@ def check_config(cfg: BacktestConfig, ctx: ConfigContext) -> None:
             f"steps {lead}+1..{lead}+{window} after the last observation are beyond the model's forecast "
             f"(model.lead_time {m.lead_time}, model.horizon {m.horizon})",
         )
+        for name in ("harmony", "quantile"):
+            risk = getattr(cfg.policies, name)
+            longer = [w for w in (risk.window_steps or []) if w > window] if risk is not None else []
+            need(
+                not longer,
+                f"policies.{name}.window_steps",
+                f"{longer} longer than the {window} forecast steps a decision's draws have",
+            )
         targets = m.targets or [i.name for i in card.indicators if i.kind is not Kind.CONTEXT]
         missing = [n for n in capacities if n not in targets]
         need(

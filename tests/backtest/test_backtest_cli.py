@@ -271,6 +271,11 @@ def _write(tmp_path: Path, body: dict[str, object], name: str = "bt.yaml") -> Pa
             r"policies\.harmony\.window_steps\[1\]: expected a whole number of forecast steps >= 1, got 0",
         ),
         (
+            {"policies": {"quantile": {"window_steps": [1, 7]}}},
+            [],
+            r"policies\.quantile\.window_steps: \[7\] longer than the 6 forecast steps a decision's draws have",
+        ),
+        (
             {"scaling": {"fallback_on_miscalibration": "no"}},
             [],
             r"scaling\.fallback_on_miscalibration: expected true or false, got 'no' \(str\)",
