@@ -145,8 +145,8 @@ def check_config(cfg: BacktestConfig, ctx: ConfigContext) -> None:
             f"(model.lead_time {m.lead_time}, model.horizon {m.horizon})",
         )
         for name in ("harmony", "quantile"):
-            risk = getattr(cfg.policies, name)
-            longer = [w for w in (risk.window_steps or []) if w > window] if risk is not None else []
+            sweep_of: RiskSweep | None = getattr(cfg.policies, name)
+            longer = [w for w in (sweep_of.window_steps or []) if w > window] if sweep_of is not None else []
             need(
                 not longer,
                 f"policies.{name}.window_steps",
