@@ -57,6 +57,7 @@ import grpc.aio
 from harmony_operator import GROUP, PLURAL, VERSION
 from harmony_operator.keda import externalscaler_pb2 as pb
 from harmony_operator.keda import externalscaler_pb2_grpc as pb_grpc
+from harmony_operator.keda.credentials import server_credentials
 from harmony_operator.kube import ApiError, KubeClient, NotFound
 from harmony_operator.outcome import iso_time
 from harmony_operator.spec import AutoscalerSpec, SpecError, parse_spec
@@ -527,52 +528,6 @@ def _metric_spec(target: Target) -> Any:
     )
 
 
-class _CertificateFiles:
-    """The TLS files, re-read when they change: a renewed Secret (cert-manager) is mounted by swapping a
-    symlink, and new connections get the new certificate without a restart."""
-
-    def __init__(self, cert: Path, key: Path, client_ca: Path | None) -> None:
-        self.paths = [p for p in (cert, key, client_ca) if p is not None]
-        self.cert, self.key, self.client_ca = cert, key, client_ca
-        self._seen = self._fingerprint()
-
-    def _fingerprint(self) -> tuple[tuple[int, int, int], ...]:
-        out = []
-        for p in self.paths:
-            st = p.stat()
-            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        return tuple(out)
-
-    def configuration(self) -> Any:
-        ca = self.client_ca.read_bytes() if self.client_ca is not None else None
-        return grpc.ssl_server_certificate_configuration(
-            [(self.key.read_bytes(), self.cert.read_bytes())], root_certificates=ca
-        )
-
-    def fetch(self) -> Any:
-        """gRPC's fetcher, called on each handshake: a new configuration when the files changed, else None."""
-        try:
-            now = self._fingerprint()
-            if now == self._seen:
-                return None
-            config = self.configuration()
-        except (OSError, ValueError) as exc:  # half-written during the swap: keep the current one
-            log.warning("TLS files unreadable, keeping the loaded certificate: %s", exc)
-            return None
-        self._seen = now
-        log.info("TLS certificate files changed: reloaded")
-        return config
-
-
-def server_credentials(settings: ScalerSettings) -> grpc.ServerCredentials | None:
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    files = _CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-    return grpc.dynamic_ssl_server_credentials(
-        files.configuration(), files.fetch, require_client_authentication=settings.tls_client_ca is not None
-    )
-
-
 class ScalerServer:
     """The gRPC server on `settings.bind_address:settings.port`; `start()` returns the bound port."""
 
@@ -589,7 +544,8 @@ class ScalerServer:
         server = grpc.aio.server()
         pb_grpc.add_ExternalScalerServicer_to_server(self.service, server)  # type: ignore[no-untyped-call]
         address = f"{self.settings.bind_address}:{self.settings.port}"
-        creds = server_credentials(self.settings)
+        st = self.settings
+        creds = server_credentials(st.tls_cert, st.tls_key, st.tls_client_ca)
         try:
             port: int = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
         except RuntimeError as exc:  # grpc's "Failed to bind": address in use or not local
