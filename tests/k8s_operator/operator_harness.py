@@ -417,6 +417,15 @@ async def prometheus_proxy(
 
     app = aiohttp.web.Application()
     app.router.add_get("/{tail:.*}", proxy)
+    async with serve_app(app, ssl_context) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serve_app(
+    app: aiohttp.web.Application, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port; yields its base URL (https with `ssl_context`)."""
     runner = aiohttp.web.AppRunner(app)
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)

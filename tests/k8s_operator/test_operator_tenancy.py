@@ -16,7 +16,13 @@ import pytest
 from harmony_operator.models import ModelCache, ModelError, ModelPolicy
 from harmony_operator.prometheus import MetricsError, PrometheusClient
 from harmony_operator.redact import redact
-from operator_harness import LOOKBACK, STEP_S, Cluster, PrometheusServer  # type: ignore[import-not-found]
+from operator_harness import (  # type: ignore[import-not-found]
+    LOOKBACK,
+    STEP_S,
+    Cluster,
+    PrometheusServer,
+    serve_app,
+)
 
 
 @pytest.mark.parametrize(
@@ -87,15 +93,8 @@ async def slow_registry() -> AsyncIterator[str]:
 
     app = aiohttp.web.Application()
     app.router.add_route("*", "/{tail:.*}", slow)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 async def test_model_load_time_is_bounded(
