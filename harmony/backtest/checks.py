@@ -144,11 +144,8 @@ def check_config(cfg: BacktestConfig, ctx: ConfigContext) -> None:
             f"steps {lead}+1..{lead}+{window} after the last observation are beyond the model's forecast "
             f"(model.lead_time {m.lead_time}, model.horizon {m.horizon})",
         )
-        for name in ("harmony", "quantile"):
-            sweep_of: RiskSweep | None = getattr(cfg.policies, name)
-            longer = [w for w in (sweep_of.window_steps or []) if w > window] if sweep_of is not None else []
-            need(
-                not longer,
+        for name, longer in cfg.policies.windows_longer_than(window).items():
+            raise ctx.error(
                 f"policies.{name}.window_steps",
                 f"{longer} longer than the {window} forecast steps a decision's draws have",
             )

@@ -176,14 +176,11 @@ def run_backtest(
     window = settings.window_steps or settings.interval
     if forecaster is not None:
         window = check_forecaster(forecaster, trace, settings)[1]
-    for name in ("harmony", "quantile"):
-        risk = getattr(settings.policies, name)
-        longer = [w for w in (risk.window_steps or []) if w > window] if risk is not None else []
-        if longer:
-            raise BacktestError(
-                f"policies.{name}.window_steps {longer}: a decision can cover at most the {window} forecast "
-                "steps the draws have after the lead time (backtest.window_steps and the model's horizon)"
-            )
+    for name, longer in settings.policies.windows_longer_than(window).items():
+        raise BacktestError(
+            f"policies.{name}.window_steps {longer}: a decision can cover at most the {window} forecast "
+            "steps the draws have after the lead time (backtest.window_steps and the model's horizon)"
+        )
     lookback = forecaster.spec.lookback if forecaster is not None else 1
     ids = list(series) if series is not None else list(trace.series_ids)
     val, skipped_val = _plan(trace, split, ids, settings, lookback, "val")

@@ -209,6 +209,17 @@ class PoliciesConfig:
     def enabled(self) -> list[str]:
         return [p for p in POLICY_ORDER if (self.oracle if p == "oracle" else getattr(self, p) is not None)]
 
+    def windows_longer_than(self, window: int) -> dict[str, list[int]]:
+        """The listed decision windows (`policies.harmony/quantile.window_steps`) longer than `window`, the
+        forecast steps a decision's draws have, per policy that lists any."""
+        out: dict[str, list[int]] = {}
+        for name in ("harmony", "quantile"):
+            risk: RiskSweep | None = getattr(self, name)
+            longer = [w for w in (risk.window_steps or []) if w > window] if risk is not None else []
+            if longer:
+                out[name] = longer
+        return out
+
 
 @dataclass(frozen=True)
 class TuningConfig:
