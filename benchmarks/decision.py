@@ -1,23 +1,24 @@
 """Decision latency, and the backtest's validated headline over training seeds on the real traces.
 
     python -m benchmarks.decision [--configs fisher_containers,...|all] [--seeds 0,1,2] [--set key=value ...]
-                                  [--latency-only | --forecasts-only]
+                                  [--latency-only | --forecasts-only [--part test|val]]
 
 Latency: one HARMONY decision (100 draws x 12 steps x 2 demand indicators, with the Bayesian update) against
 one HPA decision in the same process. Backtests: configs/backtest/NAME.yaml once per seed (the forecaster's
-training seed and its draws' seed; each seed other than 0 in its own output folder, runs/backtest/NAME-
-seedK, so a trained model is reused by a later run), every policy's knobs chosen on the validation part and
-replayed on the test part. For each seed and criterion (total: violated steps over all series within the
-target; service: every series within it) the table gives HARMONY's test cost, the best tuned baseline's, the
-lower bound, the share of the gap between them HARMONY captures, its realised rates, how many services'
-violated counts lie inside the binomial 95% interval of the eps HARMONY was set to (`held`) and the share
-that no policy could have brought inside it (`floor_bound`: fewer steps above the floor than the interval's
-lower end; harmony.backtest.held), and the forecaster's quality on the test part for the demand indicators
-the decisions read: the mean coverage of its central 90% interval (`cov90`, and `pit90`, the same read from
-the PIT, fair to demand with atoms such as idle zeros) and its CRPS relative to seasonal naive (`crps_x`,
-geometric mean over series and indicators); then the mean over seeds. `--configs all` runs every shipped
-config. Targets (issue 18): a captured share of at least 0.5 where the bound leaves room; cov90 in
-0.85-0.95; crps_x at most 0.6.
+training seed and its draws' seed; each seed in its own output folder, runs/backtest/NAME-seedK, so a trained
+model is reused by a later run), every policy's knobs chosen on the validation part and replayed on the test
+part. For each seed and criterion (total: violated steps over all series within the target; service: every
+series within it) the table gives HARMONY's test cost, the best tuned baseline's, the lower bound, the share
+of the gap between them HARMONY captures, its realised rates, how many services' violated counts lie inside
+the binomial 95% interval of the eps HARMONY was set to (`held`) and the share that no policy could have
+brought inside it (`floor_bound`: fewer steps above the floor than the interval's lower end;
+harmony.backtest.held), and the forecaster's quality on the test part for the demand indicators the decisions
+read: the mean coverage of its central 90% interval (`cov90`, and `pit90`, the same read from the PIT, fair to
+demand with atoms such as idle zeros) and its CRPS relative to seasonal naive (`crps_x`, geometric mean over
+series and indicators); then the mean over seeds. `--configs all` runs every shipped config.
+`--forecasts-only` prints the forecast columns alone, from the models already trained, on the test part or,
+with `--part val`, on the validation part where hyper-parameters are chosen. Targets (issue 18): a captured
+share of at least 0.5 where the bound leaves room; cov90 in 0.85-0.95; crps_x at most 0.6.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def model_folder(cfg: BacktestConfig) -> Path:
     return (Path(shared) if shared else cfg.output_dir / "model") / "forecaster"
 
 
-def forecast_quality(cfg: BacktestConfig) -> dict[str, float]:
-    """The backtest's trained forecaster on the test part against seasonal naive, over the demand
-    indicators the decisions read."""
+def forecast_quality(cfg: BacktestConfig, part: str = "test") -> dict[str, float]:
+    """The backtest's trained forecaster on `part` (test, or val where its hyper-parameters are chosen)
+    against seasonal naive, over the demand indicators the decisions read."""
     from harmony import metrics
     from harmony.backtest.checks import capacities_of, card_of
     from harmony.model.base import Forecaster
@@ -99,7 +100,7 @@ def forecast_quality(cfg: BacktestConfig) -> dict[str, float]:
         n_samples=cfg.forecaster.num_samples,
         max_windows=cfg.train.evaluation.max_windows_per_series,
         seed=cfg.forecaster.seed,
-        part="test",
+        part=part,
     )
     demand = list(capacities_of(card_of(cfg.train), cfg.backtest.capacities))
     mine = ev.per_series.xs("harmony", level="model")
@@ -126,8 +127,8 @@ def seed_config(name: str, seed: int, sets: list[str]) -> BacktestConfig:
     return load_backtest_config(path, over)
 
 
-def forecasts(configs: list[str], seeds: list[int], sets: list[str]) -> None:
-    """The forecast targets alone, from the models the backtests of these seeds trained."""
+def forecasts(configs: list[str], seeds: list[int], sets: list[str], part: str = "test") -> None:
+    """The forecast targets alone, from the models the backtests of these seeds trained, on `part`."""
     from harmony.backtest import load_backtest_config
     from harmony.data.summary import render_table
 
@@ -139,10 +140,11 @@ def forecasts(configs: list[str], seeds: list[int], sets: list[str]) -> None:
             # The config's own run (harmony backtest --config ...) trained the same model for its own seed.
             if seed == plain.train.trainer.seed and not (model_folder(cfg) / "forecaster.json").exists():
                 cfg = plain
-            rows.append({"config": name, "seed": seed, **forecast_quality(cfg)})
+            rows.append({"config": name, "seed": seed, **forecast_quality(cfg, part)})
     frame = pd.DataFrame(rows)
     print(
-        f"\nforecasts on the test part, demand indicators ({len(seeds)} seed(s)); "
+        f"\nforecasts on the {'validation' if part == 'val' else 'test'} part, demand indicators "
+        f"({len(seeds)} seed(s)); "
         "target cov90 0.85-0.95, crps_x <= 0.6"
     )
     each = frame.assign(run=[f"{c} seed {k}" for c, k in zip(frame["config"], frame["seed"], strict=True)])
@@ -217,13 +219,14 @@ def main() -> None:
     p.add_argument(
         "--forecasts-only", action="store_true", help="only the forecast targets, from models already trained"
     )
+    p.add_argument("--part", choices=("test", "val"), default="test", help="the part --forecasts-only scores")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     configs = list(filter(None, args.configs.split(",")))
     if configs == ["all"]:
         configs = sorted(p.stem for p in (ROOT / "configs" / "backtest").glob("*.yaml"))
     if args.forecasts_only:
-        forecasts(configs, seeds, args.set)
+        forecasts(configs, seeds, args.set, args.part)
         return
     latency()
     if args.latency_only:
