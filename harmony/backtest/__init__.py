@@ -19,6 +19,7 @@ from harmony.backtest.frontier import (
     gap_captured,
     hindsight_table,
     lower_hull,
+    needed_replicas,
     validated_table,
 )
 from harmony.backtest.replay import (
@@ -114,6 +115,7 @@ __all__ = [
     "load_backtest_config",
     "lower_hull",
     "median_draws",
+    "needed_replicas",
     "prepare_series",
     "replay",
     "run_backtest",

@@ -25,6 +25,7 @@ __all__ = [
     "headline",
     "hindsight_table",
     "lower_hull",
+    "needed_replicas",
     "validated_table",
 ]
 
@@ -106,16 +107,19 @@ def cost_bound(
     """
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"rate must be in [0, 1), got {rate}")
-    caps = np.array([settings.capacities[n] for n in settings.names], dtype=np.float64)
-    needs: list[FloatArray] = []
-    for d in demand.values():
-        known = np.isfinite(d).any(axis=1)
-        ratio = np.where(np.isfinite(d), d / caps, -np.inf).max(axis=1)[known]
-        needs.append(np.array([ceil_replicas(float(x)) for x in ratio], dtype=np.float64))
+    needs = [n[np.isfinite(n)] for n in (needed_replicas(d, settings) for d in demand.values())]
     if not any(n.size for n in needs):
         return math.nan
     groups = needs if per_series else [np.concatenate(needs)]
     return float(sum(_bound(n, settings, rate, step_s) for n in groups if n.size))
+
+
+def needed_replicas(demand: FloatArray, settings: Settings) -> FloatArray:
+    """The replicas each step's demand needs, `max_i ceil(d_i / c_i)` over the indicators known there
+    (unclipped; NaN where none is known). `demand` is [steps, D] in `settings.names` order."""
+    caps = np.array([settings.capacities[n] for n in settings.names], dtype=np.float64)
+    ratio = np.where(np.isfinite(demand), demand / caps, -np.inf).max(axis=1)
+    return np.array([ceil_replicas(float(x)) if x > -np.inf else np.nan for x in ratio], dtype=np.float64)
 
 
 def _bound(need: FloatArray, settings: Settings, rate: float, step_s: float) -> float:

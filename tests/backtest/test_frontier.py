@@ -20,6 +20,7 @@ from harmony.backtest import (
     cost_bound,
     gap_captured,
     lower_hull,
+    needed_replicas,
     validated_table,
 )
 from harmony.backtest.frontier import headline, hindsight_table
@@ -115,6 +116,17 @@ def test_the_cost_bound_by_hand() -> None:
     assert cost_bound(DEMAND, s, 0.0, 600.0) == pytest.approx(12 / 6 + 0.5)
     with pytest.raises(ValueError, match="rate"):
         cost_bound(DEMAND, s, 1.0, 3600.0)
+
+
+def test_needed_replicas_by_hand() -> None:
+    s = bound_settings()
+    # Unclipped (the bound clips to min/max replicas): 1, 2, 4, 3, unknown; 5 (above max), 1.
+    np.testing.assert_array_equal(needed_replicas(DEMAND["s1"], s), [1.0, 2.0, 4.0, 3.0, np.nan])
+    np.testing.assert_array_equal(needed_replicas(DEMAND["s2"], s), [5.0, 1.0])
+    # Several indicators: the most demanding known one; 0.2 / 0.1 is 2 up to float noise, not 3.
+    two = Settings(capacities={"a": 1.0, "b": 0.1}, lead_time=1)
+    demand = np.array([[1.5, 0.2], [np.nan, np.nan], [0.5, np.nan], [0.0, 0.0]])
+    np.testing.assert_array_equal(needed_replicas(demand, two), [2.0, np.nan, 1.0, 0.0])
 
 
 def test_the_per_series_bound_gives_each_series_its_own_budget() -> None:
